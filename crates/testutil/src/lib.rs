@@ -1,0 +1,44 @@
+//! Test helpers shared by the workspace's test suites.
+//!
+//! Reference data and fixtures live in `../shared` beside the checkout (or `$SCRATCHLLM_SHARED`).
+//! They are read in place, never copied into the repository. When they are missing a test skips
+//! with a message, except under `CI=true`, where a missing fixture must fail the run.
+use std::path::PathBuf;
+
+/// The shared directory, if present.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("SCRATCHLLM_SHARED") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"),
+    };
+    dir.is_dir().then_some(dir)
+}
+
+/// A file or directory under the shared directory, or `None` (after saying why) when the test
+/// should skip. Panics under `CI=true`, where the material must be there.
+pub fn shared(rel: &str) -> Option<PathBuf> {
+    let found = shared_dir().map(|d| d.join(rel)).filter(|p| p.exists());
+    if found.is_none() {
+        let msg = format!(
+            "shared material `{rel}` not found (set SCRATCHLLM_SHARED or put `shared/` beside the checkout)"
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}; it is required under CI=true");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+/// Reads and parses a shared JSON file; `None` means skip (see [`shared`]).
+pub fn shared_json(rel: &str) -> Option<serde_json::Value> {
+    let path = shared(rel)?;
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// Reads a shared text file; `None` means skip (see [`shared`]).
+pub fn shared_text(rel: &str) -> Option<String> {
+    let path = shared(rel)?;
+    Some(std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
