@@ -1,1 +1,63 @@
-fn main() {}
+//! `scratchllm`: the command line over the scratchllm libraries.
+//!
+//! Arguments are parsed in two phases, as ripgrep does: clap reads the flags as typed, then each
+//! command validates them into what the library calls need. Errors print their whole chain and exit
+//! with status 1; usage errors exit with clap's status 2.
+mod bench;
+mod tokenize;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "scratchllm",
+    version,
+    about = "A GPT-style language model's whole life, from scratch: tokenize, pretrain, fine-tune, generate, serve",
+    long_about = None,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Turn text into token ids (GPT-2 BPE by default, bit-exact with tiktoken).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Turn token ids back into text (reads ids separated by spaces, commas or as a JSON list).
+    Detokenize(tokenize::DetokenizeArgs),
+    /// Train, inspect and export BPE vocabularies.
+    #[command(subcommand)]
+    Tokenizer(tokenize::TokenizerCommand),
+    /// Measure speed; the last line printed is `RESULT <metric> <value>`.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokenize(a) => tokenize::tokenize(a),
+        Command::Detokenize(a) => tokenize::detokenize(a),
+        Command::Tokenizer(c) => tokenize::tokenizer(c),
+        Command::Bench(c) => bench::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`scratchllm tokenize big.txt | head`) is not an error worth reporting.
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -206,6 +206,16 @@ impl Tokenizer {
         self.rule
     }
 
+    /// The id of the single-byte token for `b`.
+    pub fn byte_token(&self, b: u8) -> u32 {
+        self.byte_ids[b as usize]
+    }
+
+    /// The table of mergeable pairs (for tests and tools that merge by hand).
+    pub fn merge_table(&self) -> &MergeTable {
+        &self.merges
+    }
+
     /// Number of mergeable pairs.
     pub fn merge_count(&self) -> usize {
         self.merges.len()
@@ -236,39 +246,23 @@ impl Tokenizer {
         }
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
         let mut enc = Encoder::new(self);
+        let mut finder = SpecialFinder::new(&self.specials);
         let mut rest = 0;
-        while let Some((at, text_len, id)) = self.find_special(&text[rest..]) {
-            let offset = rest + at;
+        while let Some((offset, k)) = finder.next_at(text, rest) {
+            let (special, id) = &self.specials[k];
             if mode == SpecialMode::Forbid {
                 return Err(TokenizerError::DisallowedSpecial {
-                    token: text[offset..offset + text_len].to_string(),
+                    token: special.clone(),
                     offset,
-                    id,
+                    id: *id,
                 });
             }
             enc.encode_into(&text[rest..offset], &mut out);
-            out.push(id);
-            rest = offset + text_len;
+            out.push(*id);
+            rest = offset + special.len();
         }
         enc.encode_into(&text[rest..], &mut out);
         Ok(out)
-    }
-
-    /// The first special token in `text`: (byte offset, length, id).
-    fn find_special(&self, text: &str) -> Option<(usize, usize, u32)> {
-        let mut best: Option<(usize, usize, u32)> = None;
-        for (t, id) in &self.specials {
-            let hay = match best {
-                Some((at, _, _)) => &text[..(at + t.len()).min(text.len())],
-                None => text,
-            };
-            if let Some(at) = hay.find(t.as_str()) {
-                if best.is_none_or(|(b, _, _)| at < b) {
-                    best = Some((at, t.len(), *id));
-                }
-            }
-        }
-        best
     }
 
     /// The bytes of `ids` concatenated.
@@ -317,6 +311,43 @@ impl Tokenizer {
         scratch.clear();
         scratch.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
         merge(scratch, &self.merges);
+    }
+}
+
+/// Finds special tokens left to right in linear time: each special's next occurrence is remembered
+/// and searched again only once the scan has passed it.
+struct SpecialFinder<'a> {
+    specials: &'a [(String, u32)],
+    /// Next occurrence of each special at or after the last search (`None`: no more).
+    next: Vec<Option<usize>>,
+    searched: Vec<bool>,
+}
+
+impl<'a> SpecialFinder<'a> {
+    fn new(specials: &'a [(String, u32)]) -> Self {
+        SpecialFinder {
+            specials,
+            next: vec![None; specials.len()],
+            searched: vec![false; specials.len()],
+        }
+    }
+
+    /// The earliest special starting at or after `from`: (offset, index); the longest on ties
+    /// (specials are sorted longest first).
+    fn next_at(&mut self, text: &str, from: usize) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize)> = None;
+        for (k, (t, _)) in self.specials.iter().enumerate() {
+            if !self.searched[k] || self.next[k].is_some_and(|at| at < from) {
+                self.next[k] = text[from..].find(t.as_str()).map(|at| from + at);
+                self.searched[k] = true;
+            }
+            if let Some(at) = self.next[k] {
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, k));
+                }
+            }
+        }
+        best
     }
 }
 

@@ -114,12 +114,15 @@ pub fn load_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Tokeni
     build_merge_list(merges_path, tokens, &ids, merges, &special_ids)
 }
 
+/// Token ids by their text form.
+type TextIds = HashMap<String, u32>;
+
 /// Token bytes by id from a map of text form to id; ids must run 0..n without gaps.
 fn vocab_from_map(
     path: &Path,
     vocab: HashMap<String, u64>,
     raw: &[String],
-) -> Result<(Vec<Vec<u8>>, HashMap<String, u32>)> {
+) -> Result<(Vec<Vec<u8>>, TextIds)> {
     let n = vocab.len();
     let mut tokens: Vec<Option<Vec<u8>>> = vec![None; n];
     let mut ids = HashMap::with_capacity(n);

@@ -8,7 +8,7 @@
 //!
 //! This crate has no tensor dependency.
 mod bpe;
-mod bytes_unicode;
+pub mod bytes_unicode;
 mod error;
 pub mod formats;
 mod gpt2;

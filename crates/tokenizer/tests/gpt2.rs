@@ -107,3 +107,21 @@ fn extends_the_vocabulary_with_new_special_tokens() {
     );
     assert_eq!(tok.decode(&ids).unwrap(), text);
 }
+
+#[test]
+fn specials_next_to_multibyte_text_and_overlapping_specials() {
+    let mut tok = gpt2().unwrap();
+    let long = tok.add_special("<|endoftext|>日").unwrap();
+    let text = "é<|endoftext|>日本<|endoftext|>x<|endoftext|>";
+    let ids = tok.encode(text, SpecialMode::Allow).unwrap();
+    // The longer special wins where both start; the plain one is found after it.
+    assert_eq!(ids.iter().filter(|&&i| i == long).count(), 1);
+    assert_eq!(ids.iter().filter(|&&i| i == 50256).count(), 2);
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+    match tok.encode("日本<|endoftext|>日", SpecialMode::Forbid) {
+        Err(TokenizerError::DisallowedSpecial { offset, token, .. }) => {
+            assert_eq!((offset, token.as_str()), (6, "<|endoftext|>日"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
