@@ -1,0 +1,179 @@
+//! Text generation: greedy decoding and sampling (temperature, top-k, top-p), with a KV cache.
+//!
+//! The loop is the book's `generate` (chapter 5): crop the context to the model's length, take the
+//! last position's logits, pick a token, append, stop at end-of-text. With the cache, each step feeds
+//! only the new token; once the sequence outgrows the context, positions shift, so the window is
+//! recomputed from scratch each step, which gives exactly the ids of the uncached loop.
+use crate::error::{ModelError, Result};
+use crate::gpt::Gpt;
+use candle_core::{IndexOp, Tensor};
+use rand::{Rng, SeedableRng};
+
+/// How to pick each next token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// `None`: greedy (argmax). `Some(t)`: sample from softmax(logits / t), t > 0.
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: u64,
+    /// Stop after emitting this id (end-of-text).
+    pub stop_id: Option<u32>,
+    pub use_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 50,
+            temperature: None,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop_id: None,
+            use_cache: true,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Refuses settings that have no meaning.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Generation(m));
+        match self.temperature {
+            Some(t) if !(t > 0.0 && t.is_finite()) => {
+                return bad(format!(
+                    "temperature {t} must be positive and finite (use greedy decoding for 0)"
+                ))
+            }
+            None if self.top_k.is_some() || self.top_p.is_some() => {
+                return bad("top-k and top-p need sampling: give a temperature".into())
+            }
+            _ => {}
+        }
+        if self.top_k == Some(0) {
+            return bad("top-k must be at least 1".into());
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad(format!("top-p {p} must be in (0, 1]"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Index of the first maximum (as `torch.argmax`).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Picks a token from one position's logits.
+pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> u32 {
+    let Some(temp) = opts.temperature else {
+        return argmax(logits);
+    };
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    // top-k keeps every token at least as large as the k-th (the book's `logits < min_val` rule).
+    if let Some(k) = opts.top_k.filter(|&k| k < order.len()) {
+        let kth = logits[order[k - 1] as usize];
+        order.retain(|&i| logits[i as usize] >= kth);
+    }
+    let max = logits[order[0] as usize];
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| (((logits[i as usize] - max) / temp) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    // top-p keeps the smallest prefix whose mass reaches p (the first token always).
+    if let Some(p) = opts.top_p {
+        let mut mass = 0.0;
+        let keep = probs.iter().position(|&q| {
+            mass += q;
+            mass >= p as f64
+        });
+        let keep = keep.map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+        order.truncate(keep);
+    }
+    let total: f64 = probs.iter().sum();
+    let mut r = rng.random::<f64>() * total;
+    for (i, &p) in probs.iter().enumerate() {
+        r -= p;
+        if r < 0.0 {
+            return order[i];
+        }
+    }
+    order[probs.len() - 1]
+}
+
+/// Generates after `prompt`; calls `on_token` with each new id as it is chosen (return `false` to
+/// stop). Returns the new ids. A prompt longer than the context keeps its last tokens.
+pub fn generate(
+    model: &Gpt,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<bool>,
+) -> Result<Vec<u32>> {
+    opts.validate()?;
+    if prompt.is_empty() {
+        return Err(ModelError::Generation(
+            "the prompt is empty; give at least one token".into(),
+        ));
+    }
+    let ctx = model.config().context_length;
+    let vocab = model.config().vocab_size as u32;
+    if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
+        return Err(ModelError::Generation(format!(
+            "prompt token id {bad} is outside the model's vocabulary of {vocab}"
+        )));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut ids = prompt.to_vec();
+    let mut cache = model.new_cache();
+    let mut new = Vec::with_capacity(opts.max_new_tokens);
+    for _ in 0..opts.max_new_tokens {
+        let window = &ids[ids.len().saturating_sub(ctx)..];
+        let logits = if !opts.use_cache {
+            last_logits(&model.forward(&row(window, model)?, false)?)?
+        } else if cache.is_empty() || cache.len() + 1 > ctx || ids.len() > ctx {
+            cache = model.new_cache();
+            last_logits(&model.forward_cached(&row(window, model)?, &mut cache)?)?
+        } else {
+            last_logits(&model.forward_cached(&row(&ids[ids.len() - 1..], model)?, &mut cache)?)?
+        };
+        let next = pick(&logits, opts, &mut rng);
+        ids.push(next);
+        new.push(next);
+        if !on_token(next)? || Some(next) == opts.stop_id {
+            break;
+        }
+    }
+    Ok(new)
+}
+
+fn row(ids: &[u32], model: &Gpt) -> Result<Tensor> {
+    Ok(Tensor::new(ids, model.device())?.unsqueeze(0)?) // (1, T)
+}
+
+/// The last position's logits of (1, T, V) as a vector.
+fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
+    let t = logits.dims()[1];
+    Ok(logits
+        .i((0, t - 1))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?)
+}

@@ -1,0 +1,323 @@
+//! The GPT-2 model of the book's chapter 4 (and of nanoGPT / OpenAI's `model.py`).
+//!
+//! Dimension letters, used in every shape comment: B batch, T new tokens, Tk keys (cached + new),
+//! C = emb_dim, nh = n_heads, hs = C / nh, V = vocab_size.
+//!
+//! Pre-LayerNorm blocks: `x = x + drop(att(norm1(x))); x = x + drop(ff(norm2(x)))`. Every op here has a
+//! backward in candle (our own LayerNorm and the composed softmax; candle-nn's fused `layer_norm` and
+//! `softmax_last_dim` would silently stop gradients), so the same model trains.
+use crate::config::GptConfig;
+use crate::error::Result;
+use crate::weights::Weights;
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Linear};
+
+/// Dropout that is active only in training mode.
+fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        Ok(candle_nn::ops::dropout(x, p)?)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// LayerNorm with the biased variance and eps = 1e-5, as GPT-2 and the book's `LayerNorm`.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl LayerNorm {
+    pub const EPS: f64 = 1e-5;
+
+    fn load(w: &Weights, prefix: &str, c: usize) -> Result<Self> {
+        Ok(LayerNorm {
+            scale: w.get(&format!("{prefix}.scale"), &[c])?,
+            shift: w.get(&format!("{prefix}.shift"), &[c])?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?; // (B, T, 1)
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?; // biased: divides by C
+        let normed = centered.broadcast_div(&(var + Self::EPS)?.sqrt()?)?;
+        Ok(normed
+            .broadcast_mul(&self.scale)?
+            .broadcast_add(&self.shift)?)
+    }
+}
+
+fn linear(w: &Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+    let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+    let bias = if bias {
+        Some(w.get(&format!("{name}.bias"), &[out_dim])?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// Keys and values of the tokens seen so far, per layer: (B, nh, Tk, hs).
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys and values for `layer`; returns all of them.
+    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = match self.layers[layer].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, nh, Tk, hs)
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// Causal multi-head self-attention (the book's `MultiHeadAttention`).
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention {
+    w_query: Linear,
+    w_key: Linear,
+    w_value: Linear,
+    out_proj: Linear,
+    n_heads: usize,
+    drop_rate: f32,
+}
+
+impl MultiHeadAttention {
+    fn load(w: &Weights, p: &str, cfg: &GptConfig) -> Result<Self> {
+        let c = cfg.emb_dim;
+        Ok(MultiHeadAttention {
+            w_query: linear(w, &format!("{p}.W_query"), c, c, cfg.qkv_bias)?,
+            w_key: linear(w, &format!("{p}.W_key"), c, c, cfg.qkv_bias)?,
+            w_value: linear(w, &format!("{p}.W_value"), c, c, cfg.qkv_bias)?,
+            out_proj: linear(w, &format!("{p}.out_proj"), c, c, true)?,
+            n_heads: cfg.n_heads,
+            drop_rate: cfg.drop_rate,
+        })
+    }
+
+    /// `x` holds the new tokens, at positions `offset..offset + T`; `cache` is (cache, layer).
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        offset: usize,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let (nh, hs) = (self.n_heads, c / self.n_heads);
+        let heads = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, nh, hs))?.transpose(1, 2)?.contiguous()?) // (B, nh, T, hs)
+        };
+        let q = heads(self.w_query.forward(x)?)?;
+        let mut k = heads(self.w_key.forward(x)?)?;
+        let mut v = heads(self.w_value.forward(x)?)?;
+        if let Some((cache, layer)) = cache {
+            (k, v) = cache.append(layer, k, v)?;
+        }
+        let tk = k.dims()[2];
+        let scores = (q.matmul(&k.t()?)? / (hs as f64).sqrt())?; // (B, nh, T, Tk)
+        let scores = scores.broadcast_add(&causal_mask(t, tk, offset, x.device())?)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let weights = dropout(&weights, self.drop_rate, train)?;
+        let y = weights.matmul(&v)?; // (B, nh, T, hs)
+        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
+        Ok(self.out_proj.forward(&y)?)
+    }
+}
+
+/// (T, Tk) additive mask: query i (at position offset + i) sees keys 0..=offset + i.
+fn causal_mask(t: usize, tk: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, tk), device)?)
+}
+
+/// The feed-forward block: C → 4C, GELU (tanh approximation), 4C → C.
+#[derive(Clone, Debug)]
+pub struct FeedForward {
+    fc: Linear,
+    proj: Linear,
+}
+
+impl FeedForward {
+    fn load(w: &Weights, p: &str, c: usize) -> Result<Self> {
+        Ok(FeedForward {
+            fc: linear(w, &format!("{p}.layers.0"), 4 * c, c, true)?,
+            proj: linear(w, &format!("{p}.layers.2"), c, 4 * c, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle's `gelu` is the tanh approximation GPT-2 uses (`gelu_erf` is the exact one).
+        Ok(self.proj.forward(&self.fc.forward(x)?.gelu()?)?)
+    }
+}
+
+/// A pre-LayerNorm transformer block.
+#[derive(Clone, Debug)]
+pub struct TransformerBlock {
+    att: MultiHeadAttention,
+    ff: FeedForward,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    drop_rate: f32,
+}
+
+impl TransformerBlock {
+    fn load(w: &Weights, i: usize, cfg: &GptConfig) -> Result<Self> {
+        let p = format!("trf_blocks.{i}");
+        Ok(TransformerBlock {
+            att: MultiHeadAttention::load(w, &format!("{p}.att"), cfg)?,
+            ff: FeedForward::load(w, &format!("{p}.ff"), cfg.emb_dim)?,
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), cfg.emb_dim)?,
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), cfg.emb_dim)?,
+            drop_rate: cfg.drop_rate,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        offset: usize,
+        train: bool,
+    ) -> Result<Tensor> {
+        let x = (x + dropout(
+            &self
+                .att
+                .forward(&self.norm1.forward(x)?, cache, offset, train)?,
+            self.drop_rate,
+            train,
+        )?)?;
+        Ok((&x
+            + dropout(
+                &self.ff.forward(&self.norm2.forward(&x)?)?,
+                self.drop_rate,
+                train,
+            )?)?)
+    }
+}
+
+/// The GPT model (the book's `GPTModel`).
+#[derive(Clone, Debug)]
+pub struct Gpt {
+    cfg: GptConfig,
+    tok_emb: Embedding,
+    pos_emb: Embedding,
+    trf_blocks: Vec<TransformerBlock>,
+    final_norm: LayerNorm,
+    out_head: Linear,
+}
+
+impl Gpt {
+    /// Builds the model from weights named as in the book (see [`crate::weights`]).
+    pub fn new(cfg: &GptConfig, w: &Weights) -> Result<Self> {
+        cfg.validate()?;
+        let (v, c) = (cfg.vocab_size, cfg.emb_dim);
+        let tok = w.get("tok_emb.weight", &[v, c])?;
+        let head = if cfg.tie_embeddings {
+            tok.clone()
+        } else {
+            w.get("out_head.weight", &[v, c])?
+        };
+        Ok(Gpt {
+            tok_emb: Embedding::new(tok, c),
+            pos_emb: Embedding::new(w.get("pos_emb.weight", &[cfg.context_length, c])?, c),
+            trf_blocks: (0..cfg.n_layers)
+                .map(|i| TransformerBlock::load(w, i, cfg))
+                .collect::<Result<_>>()?,
+            final_norm: LayerNorm::load(w, "final_norm", c)?,
+            out_head: Linear::new(head, None),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.tok_emb.embeddings().device()
+    }
+
+    /// Logits (B, T, V) for token ids (B, T); dropout on when `train`.
+    pub fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_impl(idx, None, train)
+    }
+
+    /// Logits (B, T, V) for new tokens (B, T) that follow the ones in `cache`, which is extended.
+    pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_impl(idx, Some(cache), false)
+    }
+
+    fn forward_impl(
+        &self,
+        idx: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_b, t) = idx.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.cfg.context_length {
+            return Err(crate::error::ModelError::Generation(format!(
+                "{} positions exceed the context length {}",
+                offset + t,
+                self.cfg.context_length
+            )));
+        }
+        let pos = Tensor::arange(offset as u32, (offset + t) as u32, idx.device())?;
+        let x = self
+            .tok_emb
+            .forward(idx)?
+            .broadcast_add(&self.pos_emb.forward(&pos)?)?; // (B, T, C)
+        let mut x = dropout(&x, self.cfg.drop_rate, train)?;
+        for (i, block) in self.trf_blocks.iter().enumerate() {
+            x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;
+        }
+        let x = self.final_norm.forward(&x)?;
+        Ok(self.out_head.forward(&x)?) // (B, T, V)
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layers)
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.tok_emb.embeddings().dtype()
+    }
+}

@@ -1,0 +1,372 @@
+//! Model directories: ours, Hugging Face's, OpenAI's TensorFlow checkpoint, the book's safetensors.
+//!
+//! Ours is `config.json` (versioned, see [`MODEL_FORMAT`]) + `model.safetensors` (the book's names) +
+//! tokenizer files. [`load`] detects the layout of a path; when nothing matches, the error lists
+//! what it found.
+use crate::config::GptConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{self, Weights};
+use candle_core::{Device, Tensor};
+use scratchllm_tokenizer::{self as tk, io::atomic_write, Tokenizer};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_FORMAT: &str = "scratchllm-model";
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+
+/// Which layout a model came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Scratchllm,
+    HuggingFace,
+    OpenAiTf,
+    Book,
+    Preset,
+}
+
+/// A model ready to build: configuration, weights under our names, tokenizer.
+pub struct ModelFiles {
+    pub config: GptConfig,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    pub layout: Layout,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OurConfigFile {
+    format: String,
+    version: u32,
+    architecture: String,
+    model: GptConfig,
+}
+
+/// Loads a model from a directory or `.safetensors` file of any supported layout.
+pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
+    if path.is_file() {
+        return load_book(path, path.parent().unwrap_or(Path::new(".")), device);
+    }
+    if !path.is_dir() {
+        return Err(ModelError::file(path, "no such file or directory"));
+    }
+    let has = |n: &str| path.join(n).is_file();
+    if has("config.json") {
+        let cfg: Value = serde_json::from_str(&read(&path.join("config.json"))?).map_err(|e| {
+            ModelError::file(&path.join("config.json"), format!("invalid JSON: {e}"))
+        })?;
+        if cfg.get("format").and_then(Value::as_str) == Some(MODEL_FORMAT) {
+            return load_ours(path, device);
+        }
+        if cfg.get("n_embd").is_some() && has("model.safetensors") {
+            return load_hf(path, &cfg, device);
+        }
+    }
+    if has("hparams.json") {
+        return load_openai(path, device);
+    }
+    if has("model.safetensors") {
+        return load_book(&path.join("model.safetensors"), path, device);
+    }
+    let mut found: Vec<String> = std::fs::read_dir(path)
+        .map_err(|e| ModelError::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    found.sort();
+    Err(ModelError::file(
+        path,
+        format!(
+            "no model found: expected config.json + model.safetensors (scratchllm or Hugging Face), hparams.json + model.ckpt.* \
+             (OpenAI), or a model.safetensors with the book's names; found: {}",
+            if found.is_empty() { "nothing".into() } else { found.join(", ") }
+        ),
+    ))
+}
+
+fn read(path: &Path) -> Result<String> {
+    Ok(tk::io::read_text(path)?)
+}
+
+/// The tokenizer in `dir`, or GPT-2's when the directory has none.
+fn tokenizer_in(dir: &Path) -> Result<Tokenizer> {
+    match tk::formats::load(dir) {
+        Ok(t) => Ok(t),
+        Err(tk::TokenizerError::Format { message, .. })
+            if message.starts_with("no tokenizer found") =>
+        {
+            Ok(tk::gpt2()?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn load_ours(dir: &Path, device: &Device) -> Result<ModelFiles> {
+    let path = dir.join("config.json");
+    let file: OurConfigFile = serde_json::from_str(&read(&path)?)
+        .map_err(|e| ModelError::file(&path, format!("invalid config: {e}")))?;
+    if file.version != MODEL_FORMAT_VERSION {
+        return Err(ModelError::file(
+            &path,
+            format!("format version {} but this scratchllm reads version {MODEL_FORMAT_VERSION}; use a matching scratchllm", file.version),
+        ));
+    }
+    if file.architecture != "gpt2" {
+        return Err(ModelError::file(
+            &path,
+            format!(
+                "architecture {:?} is not supported (gpt2)",
+                file.architecture
+            ),
+        ));
+    }
+    let st = dir.join("model.safetensors");
+    let tensors = weights::read_safetensors(&st, device)?;
+    Ok(ModelFiles {
+        config: file.model,
+        weights: Weights::new(tensors, st.display().to_string()),
+        tokenizer: tokenizer_in(dir)?,
+        layout: Layout::Scratchllm,
+    })
+}
+
+fn usize_field(cfg: &Value, key: &str, path: &Path) -> Result<usize> {
+    cfg.get(key)
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| ModelError::file(path, format!("{key} is missing or not a number")))
+}
+
+fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
+    let cpath = dir.join("config.json");
+    if let Some(act) = cfg.get("activation_function").and_then(Value::as_str) {
+        if act != "gelu_new" && act != "gelu_pytorch_tanh" {
+            return Err(ModelError::file(
+                &cpath,
+                format!("activation_function {act:?} is not GPT-2's tanh GELU"),
+            ));
+        }
+    }
+    let n_layers = usize_field(cfg, "n_layer", &cpath)?;
+    let st = dir.join("model.safetensors");
+    let (tensors, tied) = weights::from_hf(
+        weights::read_safetensors(&st, device)?,
+        n_layers,
+        &st.display().to_string(),
+    )?;
+    let config = GptConfig {
+        vocab_size: usize_field(cfg, "vocab_size", &cpath)?,
+        context_length: usize_field(cfg, "n_positions", &cpath)?,
+        emb_dim: usize_field(cfg, "n_embd", &cpath)?,
+        n_heads: usize_field(cfg, "n_head", &cpath)?,
+        n_layers,
+        drop_rate: cfg
+            .get("resid_pdrop")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.1) as f32,
+        qkv_bias: true,
+        tie_embeddings: tied,
+    };
+    Ok(ModelFiles {
+        config,
+        weights: Weights::new(tensors, st.display().to_string()),
+        tokenizer: tokenizer_in(dir)?,
+        layout: Layout::HuggingFace,
+    })
+}
+
+fn load_openai(dir: &Path, device: &Device) -> Result<ModelFiles> {
+    let hpath = dir.join("hparams.json");
+    let h: Value = serde_json::from_str(&read(&hpath)?)
+        .map_err(|e| ModelError::file(&hpath, format!("invalid JSON: {e}")))?;
+    let n_layers = usize_field(&h, "n_layer", &hpath)?;
+    let config = GptConfig {
+        vocab_size: usize_field(&h, "n_vocab", &hpath)?,
+        context_length: usize_field(&h, "n_ctx", &hpath)?,
+        emb_dim: usize_field(&h, "n_embd", &hpath)?,
+        n_heads: usize_field(&h, "n_head", &hpath)?,
+        n_layers,
+        drop_rate: 0.1,
+        qkv_bias: true,
+        tie_embeddings: true,
+    };
+    config.validate()?;
+    let index = checkpoint_index(dir)?;
+    let tensors = weights::from_openai(
+        crate::tf::read_checkpoint(&index, device)?,
+        n_layers,
+        &index.display().to_string(),
+    )?;
+    Ok(ModelFiles {
+        config,
+        weights: Weights::new(tensors, index.display().to_string()),
+        tokenizer: tokenizer_in(dir)?,
+        layout: Layout::OpenAiTf,
+    })
+}
+
+/// `model.ckpt.index`, or the one the `checkpoint` file names.
+fn checkpoint_index(dir: &Path) -> Result<PathBuf> {
+    let named = std::fs::read_to_string(dir.join("checkpoint"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("model_checkpoint_path:")
+                    .map(|p| p.trim().trim_matches('"').to_string())
+            })
+        });
+    let index = dir.join(format!(
+        "{}.index",
+        named.as_deref().unwrap_or("model.ckpt")
+    ));
+    if !index.is_file() {
+        return Err(ModelError::file(&index, "the checkpoint index is missing"));
+    }
+    Ok(index)
+}
+
+/// Heads for a width when a file carries no configuration: GPT-2's sizes.
+fn heads_for(emb_dim: usize) -> Option<usize> {
+    crate::config::PRESETS
+        .iter()
+        .filter_map(|p| GptConfig::preset(p))
+        .find(|c| c.emb_dim == emb_dim)
+        .map(|c| c.n_heads)
+}
+
+/// The book's safetensors (`torch.save`d `state_dict` converted): the configuration is read off the
+/// tensor shapes; the number of heads comes from GPT-2's sizes.
+fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
+    let tensors = weights::read_safetensors(file, device)?;
+    let shape = |n: &str| {
+        tensors
+            .get(n)
+            .map(|t| t.dims().to_vec())
+            .ok_or_else(|| ModelError::Missing {
+                name: n.into(),
+                hint: format!(" in {} (not the book's layout?)", file.display()),
+            })
+    };
+    let tok = shape("tok_emb.weight")?;
+    let pos = shape("pos_emb.weight")?;
+    let (&[vocab_size, emb_dim], &[context_length, _]) = (tok.as_slice(), pos.as_slice()) else {
+        return Err(ModelError::file(
+            file,
+            "tok_emb.weight and pos_emb.weight must be matrices",
+        ));
+    };
+    let n_layers = (0..)
+        .take_while(|i| tensors.contains_key(&format!("trf_blocks.{i}.norm1.scale")))
+        .count();
+    let n_heads = heads_for(emb_dim).ok_or_else(|| {
+        ModelError::file(
+            file,
+            format!("cannot tell the number of heads for emb_dim {emb_dim}; convert with a config"),
+        )
+    })?;
+    let config = GptConfig {
+        vocab_size,
+        context_length,
+        emb_dim,
+        n_heads,
+        n_layers,
+        drop_rate: 0.1,
+        qkv_bias: tensors.contains_key("trf_blocks.0.att.W_query.bias"),
+        tie_embeddings: !tensors.contains_key("out_head.weight"),
+    };
+    Ok(ModelFiles {
+        config,
+        weights: Weights::new(tensors, file.display().to_string()),
+        tokenizer: tokenizer_in(dir)?,
+        layout: Layout::Book,
+    })
+}
+
+/// A preset with random weights, or a model path.
+pub fn load_or_preset(spec: &str, seed: u64, device: &Device) -> Result<ModelFiles> {
+    if let Some(config) = GptConfig::preset(spec) {
+        if !Path::new(spec).exists() {
+            let weights = Weights::random(&config, seed, device)?;
+            return Ok(ModelFiles {
+                config,
+                weights,
+                tokenizer: tk::gpt2()?,
+                layout: Layout::Preset,
+            });
+        }
+    }
+    load(Path::new(spec), device)
+}
+
+/// Saves in our layout: config.json, model.safetensors (book names), tokenizer files.
+pub fn save(
+    dir: &Path,
+    config: &GptConfig,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    weights::write_safetensors(tensors, &dir.join("model.safetensors"))?;
+    tk::formats::save_dir(tokenizer, dir)?;
+    let file = OurConfigFile {
+        format: MODEL_FORMAT.into(),
+        version: MODEL_FORMAT_VERSION,
+        architecture: "gpt2".into(),
+        model: config.clone(),
+    };
+    write_json(
+        &dir.join("config.json"),
+        &serde_json::to_value(&file).map_err(|e| ModelError::Config(e.to_string()))?,
+    )
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| ModelError::file(path, e.to_string()))? + "\n";
+    Ok(atomic_write(path, text.as_bytes())?)
+}
+
+/// Exports a Hugging Face GPT-2 directory that `GPT2LMHeadModel.from_pretrained` loads.
+pub fn export_hf(
+    dir: &Path,
+    config: &GptConfig,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    weights::write_safetensors(
+        &weights::to_hf(tensors, config)?,
+        &dir.join("model.safetensors"),
+    )?;
+    tk::formats::save_hf_tokenizer_json(tokenizer, &dir.join("tokenizer.json"))?;
+    tk::formats::save_vocab_merges(tokenizer, dir)?;
+    let eos = tokenizer
+        .special_id(tk::ENDOFTEXT)
+        .unwrap_or(config.vocab_size as u32 - 1);
+    let hf = json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_ctx": config.context_length,
+        "n_embd": config.emb_dim,
+        "n_head": config.n_heads,
+        "n_layer": config.n_layers,
+        "n_inner": null,
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": config.drop_rate,
+        "embd_pdrop": config.drop_rate,
+        "attn_pdrop": config.drop_rate,
+        "initializer_range": 0.02,
+        "scale_attn_weights": true,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "use_cache": true,
+    });
+    write_json(&dir.join("config.json"), &hf)?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &json!({"bos_token_id": eos, "eos_token_id": eos}),
+    )
+}

@@ -1,0 +1,390 @@
+//! Weights by name, and the name tables between checkpoint layouts.
+//!
+//! Our canonical names are the book's (`tok_emb.weight`, `trf_blocks.N.att.W_query.weight`, ...),
+//! with PyTorch `nn.Linear` layout `[out, in]`. Every other layout is one conversion here:
+//! - Hugging Face GPT-2: `[transformer.]h.N.attn.c_attn.weight` etc., Conv1D weights `[in, out]`
+//!   (transposed), the fused `c_attn` split into query, key and value; `attn.bias`/`masked_bias`
+//!   buffers ignored; `lm_head.weight` only when untied.
+//! - OpenAI's TensorFlow checkpoint: `model/h0/attn/c_attn/w` of shape `[1, in, out]`, `model/wte`,
+//!   `ln_1/g` and `ln_1/b` for scale and shift.
+use crate::config::GptConfig;
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Tensors by canonical name, with where they came from for error messages.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+    source: String,
+}
+
+impl Weights {
+    pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
+        Weights {
+            tensors,
+            source: source.into(),
+        }
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::Missing {
+            name: name.to_string(),
+            hint: format!(" in {}", self.source),
+        })?;
+        if t.dims() != shape {
+            return Err(ModelError::Shape {
+                name: format!("{name} (in {})", self.source),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(t.clone())
+    }
+
+    pub fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
+    pub fn into_tensors(self) -> HashMap<String, Tensor> {
+        self.tensors
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Random weights as the book initializes them (PyTorch defaults: Linear and Embedding from
+    /// kaiming-uniform / normal(0, 1); norms at scale 1, shift 0); used for fresh models and benchmarks.
+    pub fn random(cfg: &GptConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        device.set_seed(seed)?;
+        let (v, c) = (cfg.vocab_size, cfg.emb_dim);
+        let mut t = HashMap::new();
+        let linear = |t: &mut HashMap<String, Tensor>,
+                      name: String,
+                      out_dim: usize,
+                      in_dim: usize,
+                      bias: bool|
+         -> Result<()> {
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            t.insert(
+                format!("{name}.weight"),
+                Tensor::rand(-bound, bound, (out_dim, in_dim), device)?.to_dtype(DType::F32)?,
+            );
+            if bias {
+                t.insert(
+                    format!("{name}.bias"),
+                    Tensor::rand(-bound, bound, out_dim, device)?.to_dtype(DType::F32)?,
+                );
+            }
+            Ok(())
+        };
+        t.insert(
+            "tok_emb.weight".into(),
+            Tensor::randn(0f32, 1.0, (v, c), device)?,
+        );
+        t.insert(
+            "pos_emb.weight".into(),
+            Tensor::randn(0f32, 1.0, (cfg.context_length, c), device)?,
+        );
+        for i in 0..cfg.n_layers {
+            let p = format!("trf_blocks.{i}");
+            for m in ["W_query", "W_key", "W_value"] {
+                linear(&mut t, format!("{p}.att.{m}"), c, c, cfg.qkv_bias)?;
+            }
+            linear(&mut t, format!("{p}.att.out_proj"), c, c, true)?;
+            linear(&mut t, format!("{p}.ff.layers.0"), 4 * c, c, true)?;
+            linear(&mut t, format!("{p}.ff.layers.2"), c, 4 * c, true)?;
+            for n in ["norm1", "norm2"] {
+                t.insert(
+                    format!("{p}.{n}.scale"),
+                    Tensor::ones(c, DType::F32, device)?,
+                );
+                t.insert(
+                    format!("{p}.{n}.shift"),
+                    Tensor::zeros(c, DType::F32, device)?,
+                );
+            }
+        }
+        t.insert(
+            "final_norm.scale".into(),
+            Tensor::ones(c, DType::F32, device)?,
+        );
+        t.insert(
+            "final_norm.shift".into(),
+            Tensor::zeros(c, DType::F32, device)?,
+        );
+        if !cfg.tie_embeddings {
+            linear(&mut t, "out_head".into(), v, c, false)?;
+        }
+        Ok(Weights::new(t, "random initialization"))
+    }
+}
+
+/// Reads every tensor of a safetensors file (memory-mapped; the header is validated by the
+/// `safetensors` crate: offsets in range and not overlapping) as f32 on `device`.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before returning; a file changed underneath us
+    // while we copy out of it can give wrong values but not unsoundness beyond that of any read.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&mmap)
+        .map_err(|e| ModelError::file(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F64 => DType::F64,
+            // Integer buffers (such as old attention masks) are not weights.
+            _ => continue,
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| ModelError::file(path, format!("tensor {name}: {e}")))?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// Writes tensors to a safetensors file atomically.
+pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut views = Vec::with_capacity(names.len());
+    for name in names {
+        let t = tensors[name].to_dtype(DType::F32)?.contiguous()?;
+        let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        views.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    let st: Vec<(String, safetensors::tensor::TensorView)> = views
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::file(path, format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let bytes =
+        safetensors::serialize(st, None).map_err(|e| ModelError::file(path, e.to_string()))?;
+    scratchllm_tokenizer::io::atomic_write(path, &bytes)?;
+    Ok(())
+}
+
+/// Takes `name` out of `map`, or says it is missing from `source`.
+fn take(map: &mut HashMap<String, Tensor>, name: &str, source: &str) -> Result<Tensor> {
+    map.remove(name).ok_or_else(|| ModelError::Missing {
+        name: name.to_string(),
+        hint: format!(" in {source}"),
+    })
+}
+
+/// Splits a fused `[.., 3C]` query/key/value tensor along its last dimension.
+fn split3(t: &Tensor) -> Result<[Tensor; 3]> {
+    let n = t.dims()[t.rank() - 1];
+    if n % 3 != 0 {
+        return Err(ModelError::Config(format!(
+            "c_attn has width {n}, which is not 3 * emb_dim"
+        )));
+    }
+    let d = t.rank() - 1;
+    Ok([
+        t.narrow(d, 0, n / 3)?,
+        t.narrow(d, n / 3, n / 3)?,
+        t.narrow(d, 2 * n / 3, n / 3)?,
+    ])
+}
+
+/// The per-block parts of GPT-2's layout: (HF/TF module path, our module path, is Conv1D).
+const BLOCK_LINEARS: [(&str, &str); 3] = [
+    ("attn.c_proj", "att.out_proj"),
+    ("mlp.c_fc", "ff.layers.0"),
+    ("mlp.c_proj", "ff.layers.2"),
+];
+const BLOCK_NORMS: [(&str, &str); 2] = [("ln_1", "norm1"), ("ln_2", "norm2")];
+
+/// Converts GPT-2's layout to ours. `key(module, param)` names a tensor in the source
+/// (`param` is `weight`/`bias`, or for norms `scale`/`shift`); `conv(t)` turns a Conv1D weight into `[in, out]`.
+fn from_gpt2_layout(
+    map: &mut HashMap<String, Tensor>,
+    n_layers: usize,
+    source: &str,
+    key: &dyn Fn(&str, &str) -> String,
+    conv: &dyn Fn(Tensor) -> Result<Tensor>,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    let mut get = |m: &str, p: &str| take(map, &key(m, p), source);
+    out.insert("tok_emb.weight".into(), get("wte", "weight")?);
+    out.insert("pos_emb.weight".into(), get("wpe", "weight")?);
+    for i in 0..n_layers {
+        let h = format!("h{i}");
+        let ours = format!("trf_blocks.{i}");
+        let w = split3(&conv(get(&format!("{h}.attn.c_attn"), "weight")?)?)?; // 3 x [in, C]
+        let b = split3(&get(&format!("{h}.attn.c_attn"), "bias")?)?;
+        for (j, m) in ["W_query", "W_key", "W_value"].iter().enumerate() {
+            out.insert(format!("{ours}.att.{m}.weight"), w[j].t()?.contiguous()?); // [out, in]
+            out.insert(format!("{ours}.att.{m}.bias"), b[j].contiguous()?);
+        }
+        for (theirs, mine) in BLOCK_LINEARS {
+            out.insert(
+                format!("{ours}.{mine}.weight"),
+                conv(get(&format!("{h}.{theirs}"), "weight")?)?
+                    .t()?
+                    .contiguous()?,
+            );
+            out.insert(
+                format!("{ours}.{mine}.bias"),
+                get(&format!("{h}.{theirs}"), "bias")?,
+            );
+        }
+        for (theirs, mine) in BLOCK_NORMS {
+            out.insert(
+                format!("{ours}.{mine}.scale"),
+                get(&format!("{h}.{theirs}"), "scale")?,
+            );
+            out.insert(
+                format!("{ours}.{mine}.shift"),
+                get(&format!("{h}.{theirs}"), "shift")?,
+            );
+        }
+    }
+    out.insert("final_norm.scale".into(), get("ln_f", "scale")?);
+    out.insert("final_norm.shift".into(), get("ln_f", "shift")?);
+    Ok(out)
+}
+
+/// Hugging Face GPT-2 names (with or without `transformer.`) to ours; the head stays tied unless
+/// an `lm_head.weight` differs from the embedding.
+pub fn from_hf(
+    mut map: HashMap<String, Tensor>,
+    n_layers: usize,
+    source: &str,
+) -> Result<(HashMap<String, Tensor>, bool)> {
+    let prefix = if map.contains_key("transformer.wte.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let key = |m: &str, p: &str| {
+        // "h3.attn.c_attn" is "h.3.attn.c_attn" here.
+        let m = match m.strip_prefix('h').and_then(|r| r.split_once('.')) {
+            Some((i, rest)) if i.parse::<usize>().is_ok() => format!("h.{i}.{rest}"),
+            _ => m.to_string(),
+        };
+        let p = match p {
+            "scale" => "weight",
+            "shift" => "bias",
+            p => p,
+        };
+        format!("{prefix}{m}.{p}")
+    };
+    let lm_head = map.remove("lm_head.weight");
+    let mut out = from_gpt2_layout(&mut map, n_layers, source, &key, &|t| Ok(t))?;
+    let tied = match lm_head {
+        None => true,
+        Some(h) => {
+            let same = h.dims() == out["tok_emb.weight"].dims()
+                && (&h - &out["tok_emb.weight"])?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?
+                    == 0.0;
+            if !same {
+                out.insert("out_head.weight".into(), h);
+            }
+            same
+        }
+    };
+    Ok((out, tied))
+}
+
+/// OpenAI's TensorFlow names (`model/h0/attn/c_attn/w`, Conv1D as `[1, in, out]`) to ours.
+pub fn from_openai(
+    mut map: HashMap<String, Tensor>,
+    n_layers: usize,
+    source: &str,
+) -> Result<HashMap<String, Tensor>> {
+    let key = |m: &str, p: &str| {
+        let m = m.replace('.', "/");
+        let p = match (m.as_str(), p) {
+            ("wte" | "wpe", _) => return format!("model/{m}"),
+            (_, "weight") => "w",
+            (_, "bias") => "b",
+            (_, "scale") => "g",
+            (_, "shift") => "b",
+            (_, p) => p,
+        };
+        format!("model/{m}/{p}")
+    };
+    let squeeze = |t: Tensor| -> Result<Tensor> {
+        if t.rank() == 3 {
+            Ok(t.squeeze(0)?)
+        } else {
+            Ok(t)
+        }
+    };
+    from_gpt2_layout(&mut map, n_layers, source, &key, &squeeze)
+}
+
+/// Our names to Hugging Face's `GPT2LMHeadModel` names (with `transformer.`, Conv1D `[in, out]`).
+pub fn to_hf(w: &HashMap<String, Tensor>, cfg: &GptConfig) -> Result<HashMap<String, Tensor>> {
+    let get = |n: &str| {
+        w.get(n).cloned().ok_or_else(|| ModelError::Missing {
+            name: n.into(),
+            hint: String::new(),
+        })
+    };
+    let mut out = HashMap::new();
+    out.insert("transformer.wte.weight".into(), get("tok_emb.weight")?);
+    out.insert("transformer.wpe.weight".into(), get("pos_emb.weight")?);
+    for i in 0..cfg.n_layers {
+        let (h, ours) = (format!("transformer.h.{i}"), format!("trf_blocks.{i}"));
+        let qkv: Vec<Tensor> = ["W_query", "W_key", "W_value"]
+            .iter()
+            .map(|m| get(&format!("{ours}.att.{m}.weight")))
+            .collect::<Result<_>>()?;
+        out.insert(
+            format!("{h}.attn.c_attn.weight"),
+            Tensor::cat(&qkv, 0)?.t()?.contiguous()?,
+        ); // [C, 3C]
+        let bias: Vec<Tensor> = ["W_query", "W_key", "W_value"]
+            .iter()
+            .map(|m| match w.get(&format!("{ours}.att.{m}.bias")) {
+                Some(b) => Ok(b.clone()),
+                None => Ok(Tensor::zeros(cfg.emb_dim, DType::F32, qkv[0].device())?),
+            })
+            .collect::<Result<_>>()?;
+        out.insert(format!("{h}.attn.c_attn.bias"), Tensor::cat(&bias, 0)?);
+        for (theirs, mine) in BLOCK_LINEARS {
+            out.insert(
+                format!("{h}.{theirs}.weight"),
+                get(&format!("{ours}.{mine}.weight"))?.t()?.contiguous()?,
+            );
+            out.insert(
+                format!("{h}.{theirs}.bias"),
+                get(&format!("{ours}.{mine}.bias"))?,
+            );
+        }
+        for (theirs, mine) in BLOCK_NORMS {
+            out.insert(
+                format!("{h}.{theirs}.weight"),
+                get(&format!("{ours}.{mine}.scale"))?,
+            );
+            out.insert(
+                format!("{h}.{theirs}.bias"),
+                get(&format!("{ours}.{mine}.shift"))?,
+            );
+        }
+    }
+    out.insert("transformer.ln_f.weight".into(), get("final_norm.scale")?);
+    out.insert("transformer.ln_f.bias".into(), get("final_norm.shift")?);
+    if !cfg.tie_embeddings {
+        out.insert("lm_head.weight".into(), get("out_head.weight")?);
+    }
+    Ok(out)
+}
