@@ -9,6 +9,21 @@ use std::time::Instant;
 pub enum BenchCommand {
     /// Single-thread encode throughput on a file (best of N), or BPE training with --train-vocab.
     Tokenizer(TokenizerBench),
+    /// Greedy generation with the KV cache, batch 1 (prompt processing included in the time).
+    Generate(GenerateBench),
+}
+
+#[derive(Args)]
+pub struct GenerateBench {
+    /// A preset (random weights) or a model path.
+    #[arg(long, default_value = "gpt2-small")]
+    model: String,
+    #[arg(long, default_value_t = 200)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 10)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args)]
@@ -29,6 +44,7 @@ pub struct TokenizerBench {
 pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Tokenizer(b) => tokenizer(b),
+        BenchCommand::Generate(b) => generate(b),
     }
 }
 
@@ -66,5 +82,36 @@ fn tokenizer(b: TokenizerBench) -> Result<()> {
     let (ids, secs) = best_of(b.repeat, || Ok(tok.encode_ordinary(&text)))?;
     println!("tokens {} bytes {}", ids.len(), text.len());
     println!("RESULT MB_per_s {:.2}", mb / secs);
+    Ok(())
+}
+
+fn generate(b: GenerateBench) -> Result<()> {
+    use scratchllm_model::{generate::GenerateOptions, Gpt};
+    let files = crate::model::load_model(&b.model, 0)?;
+    let model = Gpt::new(&files.config, &files.weights)?;
+    let vocab = files.config.vocab_size as u64;
+    // A fixed pseudo-random prompt, as the peer's `torch.randint`.
+    let prompt: Vec<u32> = (0..b.prompt_tokens as u64)
+        .map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32)
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: b.new_tokens,
+        ..Default::default()
+    };
+    let warm = GenerateOptions {
+        max_new_tokens: 4,
+        ..opts.clone()
+    };
+    scratchllm_model::generate(&model, &prompt, &warm, &mut |_| Ok(true))?;
+    let (ids, secs) = best_of(b.repeat, || {
+        Ok(scratchllm_model::generate(
+            &model,
+            &prompt,
+            &opts,
+            &mut |_| Ok(true),
+        )?)
+    })?;
+    println!("generated {} tokens in {secs:.3}s", ids.len());
+    println!("RESULT tokens_per_s {:.1}", ids.len() as f64 / secs);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! command validates them into what the library calls need. Errors print their whole chain and exit
 //! with status 1; usage errors exit with clap's status 2.
 mod bench;
+mod model;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,13 @@ enum Command {
     /// Train, inspect and export BPE vocabularies.
     #[command(subcommand)]
     Tokenizer(tokenize::TokenizerCommand),
+    /// Model presets and directories: parameters and memory.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Continue a prompt with a model (greedy or sampled, streamed, with a KV cache).
+    Generate(model::GenerateArgs),
+    /// Convert a model between layouts (Hugging Face, scratchllm, the book's names).
+    Convert(model::ConvertArgs),
     /// Measure speed; the last line printed is `RESULT <metric> <value>`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -42,6 +50,9 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Tokenizer(c) => tokenize::tokenizer(c),
+        Command::Model(c) => model::model(c),
+        Command::Generate(a) => model::generate(a),
+        Command::Convert(a) => model::convert(a),
         Command::Bench(c) => bench::run(c),
     };
     match result {

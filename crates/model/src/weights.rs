@@ -10,6 +10,7 @@
 use crate::config::GptConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -60,36 +61,42 @@ impl Weights {
     /// kaiming-uniform / normal(0, 1); norms at scale 1, shift 0); used for fresh models and benchmarks.
     pub fn random(cfg: &GptConfig, seed: u64, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        device.set_seed(seed)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (v, c) = (cfg.vocab_size, cfg.emb_dim);
         let mut t = HashMap::new();
-        let linear = |t: &mut HashMap<String, Tensor>,
-                      name: String,
-                      out_dim: usize,
-                      in_dim: usize,
-                      bias: bool|
+        let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        let mut linear = |t: &mut HashMap<String, Tensor>,
+                          name: String,
+                          out_dim: usize,
+                          in_dim: usize,
+                          bias: bool|
          -> Result<()> {
-            let bound = 1.0 / (in_dim as f64).sqrt();
+            // PyTorch's nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+            let bound = 1.0 / (in_dim as f32).sqrt();
             t.insert(
                 format!("{name}.weight"),
-                Tensor::rand(-bound, bound, (out_dim, in_dim), device)?.to_dtype(DType::F32)?,
+                Tensor::from_vec(uniform(out_dim * in_dim, bound), (out_dim, in_dim), device)?,
             );
             if bias {
                 t.insert(
                     format!("{name}.bias"),
-                    Tensor::rand(-bound, bound, out_dim, device)?.to_dtype(DType::F32)?,
+                    Tensor::from_vec(uniform(out_dim, bound), out_dim, device)?,
                 );
             }
             Ok(())
         };
-        t.insert(
-            "tok_emb.weight".into(),
-            Tensor::randn(0f32, 1.0, (v, c), device)?,
-        );
-        t.insert(
-            "pos_emb.weight".into(),
-            Tensor::randn(0f32, 1.0, (cfg.context_length, c), device)?,
-        );
+        let mut normal_rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let mut normal = |rows: usize| -> Result<Tensor> {
+            Ok(Tensor::from_vec(
+                standard_normal(rows * c, &mut normal_rng),
+                (rows, c),
+                device,
+            )?)
+        };
+        t.insert("tok_emb.weight".into(), normal(v)?);
+        t.insert("pos_emb.weight".into(), normal(cfg.context_length)?);
         for i in 0..cfg.n_layers {
             let p = format!("trf_blocks.{i}");
             for m in ["W_query", "W_key", "W_value"] {
@@ -122,6 +129,21 @@ impl Weights {
         }
         Ok(Weights::new(t, "random initialization"))
     }
+}
+
+/// `n` draws from N(0, 1) (Box–Muller), as `nn.Embedding` initializes.
+fn standard_normal(n: usize, rng: &mut impl Rng) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * theta.cos()) as f32);
+        out.push((r * theta.sin()) as f32);
+    }
+    out.truncate(n);
+    out
 }
 
 /// Reads every tensor of a safetensors file (memory-mapped; the header is validated by the

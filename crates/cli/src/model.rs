@@ -1,0 +1,214 @@
+//! `model info`, `generate` and `convert`.
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand, ValueEnum};
+use scratchllm_model::{generate::GenerateOptions, modeldir, Gpt, GptConfig, ModelFiles};
+use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Loads a model directory/file of any layout, or a preset with random weights.
+pub fn load_model(spec: &str, seed: u64) -> Result<ModelFiles> {
+    modeldir::load_or_preset(spec, seed, &Device::Cpu)
+        .with_context(|| format!("loading model {spec:?}"))
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Parameters and memory of a preset or a model directory.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A preset (gpt2-tiny, gpt2-small, gpt2-medium, gpt2-large, gpt2-xl) or a model path.
+    #[arg(long)]
+    model: String,
+}
+
+pub fn model(c: ModelCommand) -> Result<()> {
+    match c {
+        ModelCommand::Info(a) => info(a),
+    }
+}
+
+fn gib(bytes: usize) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let (cfg, layout) = match GptConfig::preset(&a.model) {
+        Some(cfg) if !std::path::Path::new(&a.model).exists() => (cfg, "preset".to_string()),
+        _ => {
+            let files = load_model(&a.model, 0)?;
+            (files.config, format!("{:?}", files.layout))
+        }
+    };
+    let n = cfg.param_count();
+    let head = cfg.vocab_size * cfg.emb_dim;
+    println!("model:           {} ({layout})", a.model);
+    println!(
+        "layers {} | heads {} | emb_dim {} | context {} | vocab {} | qkv_bias {} | dropout {}",
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.emb_dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        cfg.qkv_bias,
+        cfg.drop_rate
+    );
+    if cfg.tie_embeddings {
+        println!("parameters:      {n} (output head tied to the token embedding)");
+        println!("with a separate head: {}", n + head);
+    } else {
+        println!("parameters:      {n} (separate output head)");
+        println!("without the head (weight tying): {}", n - head);
+    }
+    println!("memory fp32:     {}", gib(n * 4));
+    println!("memory bf16:     {}", gib(n * 2));
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum GenFormat {
+    /// The generated text, streamed as it is produced.
+    Text,
+    /// Only the new token ids, separated by spaces.
+    Ids,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A model directory (any layout) or a preset (random weights).
+    #[arg(long)]
+    model: String,
+    /// The prompt text (special tokens such as <|endoftext|> are allowed).
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 50)]
+    max_new_tokens: usize,
+    /// Sample with this temperature (> 0); without it decoding is greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample only from the smallest set of tokens whose probability reaches p, in (0, 1].
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Random seed for sampling (and for a preset's random weights); same seed, same text.
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    /// Greedy decoding (the default when no temperature is given).
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+    greedy: bool,
+    /// Recompute the whole context every step instead of caching keys and values.
+    #[arg(long)]
+    no_kv_cache: bool,
+    /// Keep going past <|endoftext|>.
+    #[arg(long)]
+    ignore_eos: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    format: GenFormat,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let files = load_model(&a.model, a.seed)?;
+    let model = Gpt::new(&files.config, &files.weights)?;
+    let tok = &files.tokenizer;
+    let prompt = tok.encode(&a.prompt, SpecialMode::Allow)?;
+    let ctx = files.config.context_length;
+    if prompt.len() > ctx {
+        eprintln!(
+            "note: the prompt has {} tokens; only its last {ctx} fit the context",
+            prompt.len()
+        );
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: if a.greedy { None } else { a.temperature },
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_id: if a.ignore_eos {
+            None
+        } else {
+            tok.special_id(ENDOFTEXT)
+        },
+        use_cache: !a.no_kv_cache,
+    };
+    opts.validate()?;
+    let mut out = std::io::stdout().lock();
+    let mut decoder = StreamDecoder::new(tok);
+    let ids = scratchllm_model::generate(&model, &prompt, &opts, &mut |id| {
+        if a.format == GenFormat::Text {
+            let text = decoder.push(id)?;
+            out.write_all(text.as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| {
+                    scratchllm_model::ModelError::Generation(format!("writing output: {e}"))
+                })?;
+        }
+        Ok(true)
+    })?;
+    match a.format {
+        GenFormat::Text => writeln!(out, "{}", decoder.finish())?,
+        GenFormat::Ids => writeln!(
+            out,
+            "{}",
+            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        )?,
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Target {
+    /// Hugging Face GPT-2 directory (transformers' GPT2LMHeadModel loads it).
+    Hf,
+    /// Our directory: config.json + model.safetensors (the book's names) + tokenizer files.
+    Scratchllm,
+    /// Only model.safetensors with the book's parameter names.
+    Book,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// Input model (any layout).
+    #[arg(long)]
+    model: String,
+    #[arg(long, value_enum)]
+    to: Target,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    let files = load_model(&a.model, 0)?;
+    if GptConfig::preset(&a.model).is_some() && !std::path::Path::new(&a.model).exists() {
+        eprintln!(
+            "note: {} is a preset; converting its random weights",
+            a.model
+        );
+    }
+    // Build once so that a shape problem is reported before anything is written.
+    Gpt::new(&files.config, &files.weights)?;
+    let tensors = files.weights.tensors();
+    match a.to {
+        Target::Hf => modeldir::export_hf(&a.out, &files.config, tensors, &files.tokenizer)?,
+        Target::Scratchllm => modeldir::save(&a.out, &files.config, tensors, &files.tokenizer)?,
+        Target::Book => {
+            std::fs::create_dir_all(&a.out)?;
+            scratchllm_model::weights::write_safetensors(
+                tensors,
+                &a.out.join("model.safetensors"),
+            )?;
+        }
+    }
+    if a.out.as_os_str().is_empty() {
+        bail!("empty output path");
+    }
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
