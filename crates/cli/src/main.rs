@@ -4,6 +4,7 @@
 //! command validates them into what the library calls need. Errors print their whole chain and exit
 //! with status 1; usage errors exit with clap's status 2.
 mod bench;
+mod data;
 mod model;
 mod tokenize;
 
@@ -39,6 +40,9 @@ enum Command {
     Generate(model::GenerateArgs),
     /// Convert a model between layouts (Hugging Face, scratchllm, the book's names).
     Convert(model::ConvertArgs),
+    /// Data sets and pretrained weights: list and download them.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Measure speed; the last line printed is `RESULT <metric> <value>`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Model(c) => model::model(c),
         Command::Generate(a) => model::generate(a),
         Command::Convert(a) => model::convert(a),
+        Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
     };
     match result {

@@ -1,0 +1,234 @@
+//! Downloading what the book downloads: GPT-2 weights and its four data sets.
+//!
+//! Each asset is a list of files with their canonical URLs. A file is fetched into
+//! `CACHE/ASSET/NAME.part`, resumed with an HTTP `Range` request after an interruption, checked
+//! against its SHA-256 (from our catalog, or from Hugging Face's `X-Linked-Etag`, which is the
+//! SHA-256 of large files), and only then renamed into place. A mirror replaces every URL by
+//! `MIRROR/ASSET/NAME`, for air-gapped machines and for tests.
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+mod catalog;
+pub use catalog::{asset, Asset, RemoteFile, ASSETS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("unknown asset {0:?}; known: {1}")]
+    Unknown(String, String),
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{path}: SHA-256 {got} does not match the expected {want}; the partial file was removed, run again to download it afresh")]
+    Checksum {
+        path: PathBuf,
+        got: String,
+        want: String,
+    },
+}
+
+pub type Result<T, E = FetchError> = std::result::Result<T, E>;
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> FetchError {
+    FetchError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Where and how to download.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cache_dir: PathBuf,
+    /// Replaces each file's URL by `MIRROR/ASSET/NAME`.
+    pub mirror: Option<String>,
+}
+
+/// The default cache: `$SCRATCHLLM_CACHE`, else `$XDG_CACHE_HOME/scratchllm`, else `~/.cache/scratchllm`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SCRATCHLLM_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("scratchllm");
+    }
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from(".cache/scratchllm"),
+        |h| PathBuf::from(h).join(".cache/scratchllm"),
+    )
+}
+
+/// What happened to one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Cached,
+    Downloaded { bytes: u64, resumed_from: u64 },
+}
+
+/// Progress events: a file started (name, total bytes if known, bytes already there), bytes arrived.
+pub trait Progress {
+    fn start(&mut self, name: &str, total: Option<u64>, done: u64);
+    fn advance(&mut self, bytes: u64);
+    fn finish(&mut self, name: &str, outcome: &Outcome);
+}
+
+/// Fetches every file of `asset` into `CACHE/ASSET/`; returns that directory.
+pub fn get(asset: &Asset, opts: &Options, progress: &mut dyn Progress) -> Result<PathBuf> {
+    let dir = opts.cache_dir.join(asset.name);
+    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
+    for f in asset.files {
+        let url = match &opts.mirror {
+            Some(m) => format!("{}/{}/{}", m.trim_end_matches('/'), asset.name, f.name),
+            None => f.url.to_string(),
+        };
+        let outcome = fetch_file(&url, &dir.join(f.name), f.sha256, progress)?;
+        progress.finish(f.name, &outcome);
+        if let Some(inner) = f.unzip {
+            unzip_one(
+                &dir.join(f.name),
+                inner,
+                &dir.join(f.unzip_to.unwrap_or(inner)),
+            )?;
+        }
+    }
+    Ok(dir)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| file_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Downloads `url` to `dest` unless a verified copy is there; resumes a `.part` file.
+pub fn fetch_file(
+    url: &str,
+    dest: &Path,
+    sha256: Option<&str>,
+    progress: &mut dyn Progress,
+) -> Result<Outcome> {
+    let stamp = dest.with_extension(format!(
+        "{}sha256",
+        dest.extension()
+            .map_or(String::new(), |e| format!("{}.", e.to_string_lossy()))
+    ));
+    if dest.is_file() {
+        let recorded = std::fs::read_to_string(&stamp).ok();
+        let want = sha256.map(str::to_string).or(recorded);
+        if want.is_some_and(|w| sha256_file(dest).is_ok_and(|got| got == w.trim())) {
+            return Ok(Outcome::Cached);
+        }
+    }
+    let part = PathBuf::from(format!("{}.part", dest.display()));
+    let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+    let mut req = ureq::get(url);
+    if have > 0 {
+        req = req.header("Range", format!("bytes={have}-"));
+    }
+    let http = |m: String| FetchError::Http {
+        url: url.to_string(),
+        message: m,
+    };
+    let resp = req.call().map_err(|e| http(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let resumed_from = if status == 206 { have } else { 0 };
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // Hugging Face serves large files with their SHA-256 as the linked ETag.
+    let etag = header("x-linked-etag")
+        .map(|e| e.trim_matches('"').to_string())
+        .filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit()));
+    let want = sha256.map(str::to_string).or(etag);
+    let total = header("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+        .map(|l| l + resumed_from);
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed_from > 0)
+        .truncate(resumed_from == 0)
+        .open(&part)
+        .map_err(|e| file_err(&part, e))?;
+    progress.start(
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        total,
+        resumed_from,
+    );
+    let mut body = resp.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = body.read(&mut buf).map_err(|e| {
+            http(format!(
+                "download interrupted after {} bytes ({e}); run again to resume",
+                resumed_from + got
+            ))
+        })?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(|e| file_err(&part, e))?;
+        got += n as u64;
+        progress.advance(n as u64);
+    }
+    out.sync_all().map_err(|e| file_err(&part, e))?;
+    drop(out);
+    if let Some(total) = total {
+        if resumed_from + got != total {
+            return Err(http(format!(
+                "got {} of {total} bytes; run again to resume",
+                resumed_from + got
+            )));
+        }
+    }
+    let digest = sha256_file(&part)?;
+    if let Some(want) = &want {
+        if &digest != want {
+            let _ = std::fs::remove_file(&part);
+            return Err(FetchError::Checksum {
+                path: dest.to_path_buf(),
+                got: digest,
+                want: want.clone(),
+            });
+        }
+    }
+    std::fs::rename(&part, dest).map_err(|e| file_err(dest, e))?;
+    scratchllm_tokenizer::io::atomic_write(&stamp, digest.as_bytes())
+        .map_err(|e| file_err(&stamp, e))?;
+    Ok(Outcome::Downloaded {
+        bytes: resumed_from + got,
+        resumed_from,
+    })
+}
+
+/// Extracts `inner` from the zip at `zip_path` into `dest` (atomically).
+fn unzip_one(zip_path: &Path, inner: &str, dest: &Path) -> Result<()> {
+    let file = std::fs::File::open(zip_path).map_err(|e| file_err(zip_path, e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| file_err(zip_path, format!("not a zip archive: {e}")))?;
+    let mut entry = archive
+        .by_name(inner)
+        .map_err(|e| file_err(zip_path, format!("no {inner} inside: {e}")))?;
+    let mut bytes = Vec::new();
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_err(zip_path, e))?;
+    scratchllm_tokenizer::io::atomic_write(dest, &bytes).map_err(|e| file_err(dest, e))
+}
