@@ -64,6 +64,19 @@ fn info(a: InfoArgs) -> Result<()> {
         println!("parameters:      {n} (separate output head)");
         println!("without the head (weight tying): {}", n - head);
     }
+    if layout == "preset" {
+        // The book's GPT_CONFIG (chapter 4) has no query/key/value biases.
+        let book = GptConfig {
+            qkv_bias: false,
+            tie_embeddings: false,
+            ..cfg.clone()
+        };
+        let total = book.param_count();
+        println!(
+            "as the book configures it (qkv_bias false): {total} total, {} without the output head",
+            total - head
+        );
+    }
     println!("memory fp32:     {}", gib(n * 4));
     println!("memory bf16:     {}", gib(n * 2));
     Ok(())

@@ -253,7 +253,20 @@ fn save_and_export_round_trip_with_the_same_logits() {
         let dir = tempfile::tempdir().unwrap();
         modeldir::save(&dir.path().join("ours"), &cfg, w.tensors(), &tok).unwrap();
         modeldir::export_hf(&dir.path().join("hf"), &cfg, w.tensors(), &tok).unwrap();
-        for sub in ["ours", "hf"] {
+        // Hugging Face files saved from `GPT2Model` lack the `transformer.` prefix.
+        let hf = dir.path().join("hf");
+        let bare = dir.path().join("hf-bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        for f in ["config.json", "vocab.json", "merges.txt"] {
+            std::fs::copy(hf.join(f), bare.join(f)).unwrap();
+        }
+        let st = weights::read_safetensors(&hf.join("model.safetensors"), &Device::Cpu).unwrap();
+        let stripped = st
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("transformer.").to_string(), v))
+            .collect();
+        weights::write_safetensors(&stripped, &bare.join("model.safetensors")).unwrap();
+        for sub in ["ours", "hf", "hf-bare"] {
             let files = modeldir::load(&dir.path().join(sub), &Device::Cpu).unwrap();
             assert_eq!(files.config.tie_embeddings, tie, "{sub}");
             let again = Gpt::new(&files.config, &files.weights).unwrap();

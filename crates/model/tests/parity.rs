@@ -2,16 +2,8 @@
 //! abs) and its greedy continuations exactly, with and without the KV cache.
 use candle_core::{Device, IndexOp, Tensor};
 use scratchllm_model::{generate, modeldir, GenerateOptions, Gpt, Layout};
-use scratchllm_testutil::{shared, shared_json};
+use scratchllm_testutil::{json_ids as ids, shared, shared_json};
 use std::path::Path;
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn check_layout(path: &Path, layout: Layout) {
     let (Some(expected), Some(logits_path)) = (

@@ -42,3 +42,17 @@ pub fn shared_text(rel: &str) -> Option<String> {
     let path = shared(rel)?;
     Some(std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
+
+/// A JSON list of token ids as `u32`s (panics on anything else: fixtures are trusted).
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    let list = v
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a list of ids, got {v}"));
+    list.iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or_else(|| panic!("not an id: {x}"))
+        })
+        .collect()
+}

@@ -1,15 +1,7 @@
 //! GPT-2 BPE against tiktoken's ids (../shared/fixtures/tokenizer/gpt2-cases.json) and the
 //! vocabulary files in ../shared/data/gpt2, in every format we read.
-use scratchllm_testutil::{shared, shared_json, shared_text};
+use scratchllm_testutil::{json_ids as ids, shared, shared_json, shared_text};
 use scratchllm_tokenizer::{formats, gpt2, MergeRule, SpecialMode, Tokenizer, TokenizerError};
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn check_cases(tok: &Tokenizer, label: &str) {
     let Some(cases) = shared_json("fixtures/tokenizer/gpt2-cases.json") else {
