@@ -148,7 +148,7 @@ pub fn generate(
     for _ in 0..opts.max_new_tokens {
         let window = &ids[ids.len().saturating_sub(ctx)..];
         let logits = if !opts.use_cache {
-            last_logits(&model.forward(&row(window, model)?, false)?)?
+            last_logits(&model.forward(&row(window, model)?, None)?)?
         } else if cache.is_empty() || cache.len() + 1 > ctx || ids.len() > ctx {
             cache = model.new_cache();
             last_logits(&model.forward_cached(&row(window, model)?, &mut cache)?)?

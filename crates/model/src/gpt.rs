@@ -12,12 +12,39 @@ use crate::weights::Weights;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear};
 
-/// Dropout that is active only in training mode.
-fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        Ok(candle_nn::ops::dropout(x, p)?)
-    } else {
-        Ok(x.clone())
+/// The source of dropout masks in training mode.
+///
+/// Mask number k drawn under seed s depends only on (s, k): a trainer that seeds it from the run's
+/// seed and the step number draws the same masks after a resume as without one. (candle-nn's
+/// `dropout` draws from an unseeded generator, which would break that.)
+#[derive(Debug)]
+pub struct DropoutRng {
+    seed: u64,
+    calls: std::cell::Cell<u64>,
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        DropoutRng { seed, calls: std::cell::Cell::new(0) }
+    }
+
+    /// A keep-mask scaled by 1/(1-p), shaped like `x`.
+    fn mask(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        use rand::{Rng, SeedableRng};
+        let k = self.calls.get();
+        self.calls.set(k + 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let keep = 1.0 / (1.0 - p);
+        let values: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        Ok(Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?)
+    }
+}
+
+/// Dropout, active only when a generator is given (training mode).
+fn dropout(x: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 => Ok((x * rng.mask(x, p)?)?),
+        _ => Ok(x.clone()),
     }
 }
 
@@ -125,7 +152,7 @@ impl MultiHeadAttention {
         x: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
         offset: usize,
-        train: bool,
+        train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (nh, hs) = (self.n_heads, c / self.n_heads);
@@ -213,7 +240,7 @@ impl TransformerBlock {
         x: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
         offset: usize,
-        train: bool,
+        train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let x = (x + dropout(
             &self
@@ -273,21 +300,21 @@ impl Gpt {
         self.tok_emb.embeddings().device()
     }
 
-    /// Logits (B, T, V) for token ids (B, T); dropout on when `train`.
-    pub fn forward(&self, idx: &Tensor, train: bool) -> Result<Tensor> {
+    /// Logits (B, T, V) for token ids (B, T); dropout on when `train` gives its generator.
+    pub fn forward(&self, idx: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
         self.forward_impl(idx, None, train)
     }
 
     /// Logits (B, T, V) for new tokens (B, T) that follow the ones in `cache`, which is extended.
     pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        self.forward_impl(idx, Some(cache), false)
+        self.forward_impl(idx, Some(cache), None)
     }
 
     fn forward_impl(
         &self,
         idx: &Tensor,
         mut cache: Option<&mut KvCache>,
-        train: bool,
+        train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let (_b, t) = idx.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());

@@ -12,6 +12,6 @@ pub mod weights;
 pub use config::{GptConfig, PRESETS};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions};
-pub use gpt::{Gpt, KvCache, LayerNorm};
+pub use gpt::{DropoutRng, Gpt, KvCache, LayerNorm};
 pub use modeldir::{Layout, ModelFiles};
 pub use weights::Weights;

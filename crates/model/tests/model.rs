@@ -1,7 +1,7 @@
 //! Model behaviour that needs no fixture: gradients, caching, sampling, round trips, bad files.
 use candle_core::{Device, Tensor, Var};
 use scratchllm_model::generate::{pick, GenerateOptions};
-use scratchllm_model::{generate, modeldir, weights, Gpt, GptConfig, Weights};
+use scratchllm_model::{generate, modeldir, weights, DropoutRng, Gpt, GptConfig, Weights};
 use std::collections::HashMap;
 
 fn tiny(ctx: usize, qkv_bias: bool, tie: bool) -> GptConfig {
@@ -24,7 +24,7 @@ fn logits(model: &Gpt, ids: &[u32]) -> Tensor {
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap(),
-            false,
+            None,
         )
         .unwrap()
 }
@@ -66,7 +66,7 @@ fn every_trainable_tensor_receives_a_gradient() {
         )
         .unwrap();
         let y = Tensor::new(&[5u32, 9, 13, 2, 7, 1, 3, 8, 40, 96, 0, 4], &Device::Cpu).unwrap();
-        let logits = model.forward(&x, true).unwrap().flatten_to(1).unwrap(); // (B*T, V)
+        let logits = model.forward(&x, Some(&DropoutRng::new(1))).unwrap().flatten_to(1).unwrap(); // (B*T, V)
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {
@@ -88,9 +88,13 @@ fn dropout_only_in_training_mode() {
     let cfg = tiny(16, true, true);
     let model = Gpt::new(&cfg, &Weights::random(&cfg, 2, &Device::Cpu).unwrap()).unwrap();
     let x = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
-    let eval = |m: &Gpt| m.forward(&x, false).unwrap();
+    let eval = |m: &Gpt| m.forward(&x, None).unwrap();
     assert_eq!(max_diff(&eval(&model), &eval(&model)), 0.0);
-    assert!(max_diff(&model.forward(&x, true).unwrap(), &eval(&model)) > 0.0);
+    let train = |seed| model.forward(&x, Some(&DropoutRng::new(seed))).unwrap();
+    assert!(max_diff(&train(1), &eval(&model)) > 0.0);
+    // Masks depend only on the seed, so a resumed run draws the same ones.
+    assert_eq!(max_diff(&train(1), &train(1)), 0.0);
+    assert!(max_diff(&train(1), &train(2)) > 0.0);
 }
 
 #[test]

@@ -27,7 +27,7 @@ fn check_layout(path: &Path, layout: Layout) {
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let got = model.forward(&x, false).unwrap().i(0).unwrap(); // (T, V)
+        let got = model.forward(&x, None).unwrap().i(0).unwrap(); // (T, V)
         let want = &want_logits[&format!("prompt{i}.logits")];
         let diff = (&got - want)
             .unwrap()

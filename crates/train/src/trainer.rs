@@ -6,7 +6,7 @@
 use crate::data::{batch_tensors, Loader, Windows};
 use crate::optim::{clip, global_norm, AdamW, AdamWConfig, Schedule};
 use candle_core::{Device, Tensor, Var};
-use scratchllm_model::{Gpt, GptConfig, Weights};
+use scratchllm_model::{DropoutRng, Gpt, GptConfig, Weights};
 use std::collections::HashMap;
 
 pub type Result<T, E = scratchllm_model::ModelError> = std::result::Result<T, E>;
@@ -80,7 +80,7 @@ impl Trainer {
     }
 
     /// Mean cross-entropy of the next-token predictions of a batch.
-    pub fn loss(&self, x: &Tensor, y: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn loss(&self, x: &Tensor, y: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
         let logits = self.model.forward(x, train)?.flatten_to(1)?; // (B*T, V)
         Ok(candle_nn::loss::cross_entropy(&logits, &y.flatten_all()?)?)
     }
@@ -90,8 +90,10 @@ impl Trainer {
         let n = micro.len().max(1) as f64;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.opt.params.len()];
         let mut total_loss = 0.0;
-        for (x, y) in micro {
-            let loss = (self.loss(x, y, true)? / n)?;
+        for (k, (x, y)) in micro.iter().enumerate() {
+            // Masks depend on the run's seed, the step and the micro-batch only (resumable).
+            let rng = DropoutRng::new(self.settings.loader.seed ^ ((self.step as u64) << 8 | k as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
+            let loss = (self.loss(x, y, Some(&rng))? / n)?;
             total_loss += loss.to_scalar::<f32>()? as f64;
             let store = loss.backward()?;
             for (slot, p) in grads.iter_mut().zip(&self.opt.params) {
@@ -142,7 +144,7 @@ impl Trainer {
         let mut total = 0.0f64;
         for idx in &batches[..n] {
             let (x, y) = batch_tensors(w, idx, self.model.device())?;
-            total += self.loss(&x, &y, false)?.to_scalar::<f32>()? as f64;
+            total += self.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
         }
         Ok((total / n as f64) as f32)
     }
