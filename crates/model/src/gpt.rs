@@ -25,7 +25,10 @@ pub struct DropoutRng {
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
-        DropoutRng { seed, calls: std::cell::Cell::new(0) }
+        DropoutRng {
+            seed,
+            calls: std::cell::Cell::new(0),
+        }
     }
 
     /// A keep-mask scaled by 1/(1-p), shaped like `x`.
@@ -33,9 +36,12 @@ impl DropoutRng {
         use rand::{Rng, SeedableRng};
         let k = self.calls.get();
         self.calls.set(k + 1);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng =
+            rand::rngs::StdRng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let keep = 1.0 / (1.0 - p);
-        let values: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        let values: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
         Ok(Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?)
     }
 }

@@ -66,7 +66,11 @@ fn every_trainable_tensor_receives_a_gradient() {
         )
         .unwrap();
         let y = Tensor::new(&[5u32, 9, 13, 2, 7, 1, 3, 8, 40, 96, 0, 4], &Device::Cpu).unwrap();
-        let logits = model.forward(&x, Some(&DropoutRng::new(1))).unwrap().flatten_to(1).unwrap(); // (B*T, V)
+        let logits = model
+            .forward(&x, Some(&DropoutRng::new(1)))
+            .unwrap()
+            .flatten_to(1)
+            .unwrap(); // (B*T, V)
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in &vars {

@@ -1,9 +1,13 @@
 //! Training for scratchllm: the book's data pipeline (chapter 2), AdamW and the learning-rate
 //! schedule (chapter 5, appendix D), and the training loop.
+pub mod checkpoint;
 pub mod data;
 pub mod optim;
+pub mod plot;
+pub mod pretrain;
 pub mod trainer;
 
 pub use data::{batch_tensors, split_text, Loader, Windows};
 pub use optim::{AdamW, AdamWConfig, Schedule};
+pub use pretrain::{pretrain, Ending, EvalRecord, Observer, PretrainConfig};
 pub use trainer::{StepRecord, TrainSettings, Trainer};

@@ -92,7 +92,10 @@ impl Trainer {
         let mut total_loss = 0.0;
         for (k, (x, y)) in micro.iter().enumerate() {
             // Masks depend on the run's seed, the step and the micro-batch only (resumable).
-            let rng = DropoutRng::new(self.settings.loader.seed ^ ((self.step as u64) << 8 | k as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
+            let rng = DropoutRng::new(
+                self.settings.loader.seed
+                    ^ ((self.step as u64) << 8 | k as u64).wrapping_mul(0xd6e8_feb8_6659_fd93),
+            );
             let loss = (self.loss(x, y, Some(&rng))? / n)?;
             total_loss += loss.to_scalar::<f32>()? as f64;
             let store = loss.backward()?;
@@ -149,28 +152,46 @@ impl Trainer {
         Ok((total / n as f64) as f32)
     }
 
-    /// Trains for the configured epochs (or steps), calling `on_step` after each step.
-    pub fn run(
+    /// Trains from batch `start_batch` of epoch `start_epoch` to the end of the configured epochs
+    /// (or `max_steps`), calling `on_step` after each step; `on_step` returns `false` to stop early.
+    /// Returns the position to resume from: (epoch, batch within the epoch).
+    pub fn run_from(
         &mut self,
         train: &Windows,
-        on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<()>,
-    ) -> Result<()> {
+        start: (usize, usize),
+        on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<bool>,
+    ) -> Result<(usize, usize)> {
         let accum = self.settings.grad_accum.max(1);
         let device = self.model.device().clone();
-        for epoch in 0..self.settings.epochs {
+        for epoch in start.0..self.settings.epochs {
             let batches = self.settings.loader.epoch(train.len(), epoch);
-            for group in batches.chunks(accum) {
+            let skip = if epoch == start.0 { start.1 } else { 0 };
+            let mut at = skip;
+            for group in batches[skip.min(batches.len())..].chunks(accum) {
                 if self.settings.max_steps.is_some_and(|m| self.step >= m) {
-                    return Ok(());
+                    return Ok((epoch, at));
                 }
                 let micro = group
                     .iter()
                     .map(|idx| batch_tensors(train, idx, &device))
                     .collect::<candle_core::Result<Vec<_>>>()?;
                 let record = self.train_step(&micro, epoch)?;
-                on_step(self, &record)?;
+                at += group.len();
+                if !on_step(self, &record)? {
+                    return Ok((epoch, at));
+                }
             }
         }
+        Ok((self.settings.epochs, 0))
+    }
+
+    /// Trains for the configured epochs (or steps) from the start.
+    pub fn run(
+        &mut self,
+        train: &Windows,
+        on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<()>,
+    ) -> Result<()> {
+        self.run_from(train, (0, 0), &mut |t, r| on_step(t, r).map(|_| true))?;
         Ok(())
     }
 
