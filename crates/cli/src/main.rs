@@ -6,6 +6,7 @@
 mod bench;
 mod data;
 mod model;
+mod pretrain;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Generate(model::GenerateArgs),
     /// Convert a model between layouts (Hugging Face, scratchllm, the book's names).
     Convert(model::ConvertArgs),
+    /// Pretrain a GPT on a text corpus (the book's chapter 5 and appendix D), resumable.
+    Pretrain(Box<pretrain::PretrainArgs>),
     /// Data sets and pretrained weights: list and download them.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Model(c) => model::model(c),
         Command::Generate(a) => model::generate(a),
         Command::Convert(a) => model::convert(a),
+        Command::Pretrain(a) => pretrain::run(*a),
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
     };

@@ -293,7 +293,12 @@ pub fn pretrain(
     let (init, tok) = match &cfg.init {
         Some(p) => {
             let files = modeldir::load(p, &device)?;
-            if files.config != cfg.model {
+            // Dropout is a training choice, not part of the weights.
+            if (GptConfig {
+                drop_rate: cfg.model.drop_rate,
+                ..files.config.clone()
+            }) != cfg.model
+            {
                 return Err(err(
                     p,
                     format!(

@@ -1,0 +1,108 @@
+//! `scratchllm pretrain` runs the configuration of the PyTorch trace and gets its losses; a stop
+//! and `--resume` continue it.
+use scratchllm_testutil::{shared, shared_json};
+use std::process::Command;
+
+fn losses(run: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()?
+                .get("train_loss")?
+                .as_f64()
+        })
+        .collect()
+}
+
+#[test]
+fn the_cli_reproduces_the_chapter5_trace_and_resumes() {
+    let (Some(trace), Some(dir), Some(text)) = (
+        shared_json("fixtures/train-trace/trace.json"),
+        shared("fixtures/train-trace"),
+        shared("data/the-verdict.txt"),
+    ) else {
+        return;
+    };
+    let want: Vec<f64> = trace["chapter5"]["train_loss_per_step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let base = |max_steps: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_scratchllm"));
+        c.arg("pretrain")
+            .arg("--data")
+            .arg(&text)
+            .arg("--out")
+            .arg(&run);
+        c.arg("--model-config")
+            .arg(dir.join("trace.json"))
+            .arg("--init")
+            .arg(dir.join("init.safetensors"));
+        c.args([
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--no-shuffle",
+            "--eval-every",
+            "0",
+            "--sample-prompt",
+            "",
+            "--max-steps",
+            max_steps,
+        ]);
+        c
+    };
+    // First 10 steps, then the rest with --resume (max-steps comes from the saved configuration).
+    let out = base("10").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("step      9"));
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    cfg["max_steps"] = serde_json::Value::Null;
+    std::fs::write(run.join("config.json"), cfg.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
+        .arg("pretrain")
+        .arg("--resume")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = losses(&run);
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-3 * w, "step {i}: {g} vs PyTorch {w}");
+    }
+    // The final model generates.
+    let gen = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
+        .args([
+            "generate",
+            "--prompt",
+            "Every effort moves you",
+            "--max-new-tokens",
+            "5",
+            "--model",
+        ])
+        .arg(run.join("model"))
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+}
