@@ -11,6 +11,21 @@ pub enum BenchCommand {
     Tokenizer(TokenizerBench),
     /// Greedy generation with the KV cache, batch 1 (prompt processing included in the time).
     Generate(GenerateBench),
+    /// Training steps (forward, backward, AdamW) on random tokens; median step after the first.
+    Train(TrainBench),
+}
+
+#[derive(Args)]
+pub struct TrainBench {
+    /// A preset (random weights; qkv bias and a separate head, as the PyTorch peer).
+    #[arg(long, default_value = "gpt2-small")]
+    model: String,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    ctx: usize,
+    #[arg(long, default_value_t = 6)]
+    steps: usize,
 }
 
 #[derive(Args)]
@@ -45,6 +60,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
     match c {
         BenchCommand::Tokenizer(b) => tokenizer(b),
         BenchCommand::Generate(b) => generate(b),
+        BenchCommand::Train(b) => train(b),
     }
 }
 
@@ -113,5 +129,61 @@ fn generate(b: GenerateBench) -> Result<()> {
     })?;
     println!("generated {} tokens in {secs:.3}s", ids.len());
     println!("RESULT tokens_per_s {:.1}", ids.len() as f64 / secs);
+    Ok(())
+}
+
+fn train(b: TrainBench) -> Result<()> {
+    use scratchllm_train::{AdamWConfig, Loader, Schedule, TrainSettings, Trainer, Windows};
+    let preset = scratchllm_model::GptConfig::preset(&b.model)
+        .ok_or_else(|| anyhow::anyhow!("unknown preset {:?}", b.model))?;
+    let cfg = scratchllm_model::GptConfig {
+        context_length: b.ctx.max(1),
+        tie_embeddings: false,
+        ..preset
+    };
+    let weights = scratchllm_model::Weights::random(&cfg, 123, &candle_core::Device::Cpu)?;
+    // Random tokens, one batch of windows reused every step (as the peer's fixed batch).
+    let n = b.batch * b.ctx + 1;
+    let ids: Vec<u32> = (0..n as u64)
+        .map(|i| ((i * 2_654_435_761 + 7) % cfg.vocab_size as u64) as u32)
+        .collect();
+    let windows = Windows::new(ids, b.ctx, b.ctx);
+    let settings = TrainSettings {
+        epochs: 1,
+        max_steps: None,
+        loader: Loader {
+            batch_size: b.batch,
+            shuffle: false,
+            drop_last: true,
+            seed: 0,
+        },
+        adamw: AdamWConfig {
+            lr: 4e-4,
+            weight_decay: 0.1,
+            ..Default::default()
+        },
+        schedule: Schedule::constant(4e-4),
+        grad_clip: None,
+        clip_after_warmup: false,
+        grad_accum: 1,
+        no_decay_bias_norm: false,
+    };
+    let mut trainer = Trainer::new(&cfg, weights, settings)?;
+    let idx: Vec<usize> = (0..b.batch.min(windows.len())).collect();
+    let batch = scratchllm_train::batch_tensors(&windows, &idx, trainer.device())?;
+    let mut times = Vec::new();
+    for s in 0..b.steps.max(2) {
+        let t = Instant::now();
+        let r = trainer.train_step(std::slice::from_ref(&batch), 0)?;
+        times.push(t.elapsed().as_secs_f64());
+        println!("step {s} loss {:.4} {:.3}s", r.train_loss, times[s]);
+    }
+    let mut rest = times[1..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let median = rest[rest.len() / 2];
+    println!(
+        "RESULT tokens_per_s {:.1}",
+        (idx.len() * b.ctx) as f64 / median
+    );
     Ok(())
 }

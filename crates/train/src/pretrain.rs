@@ -353,6 +353,7 @@ pub fn pretrain(
         let mut failure: Option<ModelError> = None;
         let mut stop = false;
         let mut due = false;
+        let mut new_best = false;
         position = trainer.run_from(&train, position, &mut |t, r| {
             if !(r.train_loss.is_finite() && r.grad_norm.is_finite()) {
                 failure = Some(ModelError::Config(format!(
@@ -382,13 +383,15 @@ pub fn pretrain(
                 if state.best_val_loss.is_none_or(|b| e.val_loss < b) {
                     state.best_val_loss = Some(e.val_loss);
                     state.best_step = Some(r.step + 1);
+                    // Checkpoint the best model now, so pruning can keep it.
+                    new_best = true;
                 }
                 if let Some(prompt) = &cfg.sample_prompt {
                     obs.sample(r.step, &sample(t, &tok, prompt, cfg.sample_tokens)?);
                 }
             }
             stop = obs.stop_requested();
-            due = cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0;
+            due = new_best || (cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0);
             Ok(!stop && !due)
         })?;
         if let Some(e) = failure {

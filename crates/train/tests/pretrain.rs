@@ -153,3 +153,27 @@ fn too_little_text_is_an_error_with_the_numbers() {
         "{e}"
     );
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_run_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(corpus(dir.path()));
+    // Weights with a NaN: the very first loss is not finite.
+    let w = scratchllm_model::Weights::random(&cfg.model, 1, &candle_core::Device::Cpu).unwrap();
+    let mut t = w.into_tensors();
+    let bad = candle_core::Tensor::full(f32::NAN, (128, 32), &candle_core::Device::Cpu).unwrap();
+    t.insert("trf_blocks.0.ff.layers.0.weight".into(), bad);
+    let init = dir.path().join("init");
+    scratchllm_model::modeldir::save(
+        &init,
+        &cfg.model,
+        &t,
+        &scratchllm_tokenizer::gpt2().unwrap(),
+    )
+    .unwrap();
+    cfg.init = Some(init);
+    let e = pretrain(&dir.path().join("run"), Some(cfg), &mut Log::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("step 0") && e.contains("not finite"), "{e}");
+}
