@@ -11,6 +11,26 @@ pub enum DataCommand {
     List,
     /// Download GPT-2 weights or the book's data sets into the cache (checksummed, resumable).
     Get(GetArgs),
+    /// Pre-tokenize a corpus into memory-mapped shards that `pretrain --data DIR` trains from.
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Text files or directories of .txt files (documents are separated by <|endoftext|>).
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// Output directory for manifest.json and shard-NNNNN.bin.
+    #[arg(long)]
+    out: PathBuf,
+    /// `gpt2` or a tokenizer path.
+    #[arg(long, default_value = "gpt2")]
+    tokenizer: String,
+    /// Tokens per shard.
+    #[arg(long, default_value_t = 50_000_000)]
+    shard_tokens: usize,
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -38,6 +58,7 @@ pub fn run(c: DataCommand) -> Result<()> {
             Ok(())
         }
         DataCommand::Get(a) => get(a),
+        DataCommand::Prepare(a) => prepare(a),
     }
 }
 
@@ -102,5 +123,47 @@ fn get(a: GetArgs) -> Result<()> {
         let dir = fetch::get(asset, &opts, &mut bars)?;
         println!("{}", dir.display());
     }
+    Ok(())
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    let tok = scratchllm_tokenizer::load(&a.tokenizer)?;
+    let mut files = Vec::new();
+    for p in &a.input {
+        if p.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "txt"))
+                .collect();
+            inner.sort();
+            files.extend(inner);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "tokenizing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let n = scratchllm_train::shards::prepare(&files, &tok, &a.out, a.shard_tokens, &mut |k| {
+        bar.inc(k)
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{n} tokens from {} files in {}",
+        files.len(),
+        a.out.display()
+    );
+    println!("{}", a.out.display());
     Ok(())
 }

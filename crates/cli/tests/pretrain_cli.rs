@@ -106,3 +106,63 @@ fn the_cli_reproduces_the_chapter5_trace_and_resumes() {
         String::from_utf8_lossy(&gen.stderr)
     );
 }
+
+#[test]
+fn pretraining_from_prepared_shards() {
+    let Some(text) = shared("data/the-verdict.txt") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = tmp.path().join("shards");
+    let bin = env!("CARGO_BIN_EXE_scratchllm");
+    let out = Command::new(bin)
+        .args([
+            "data",
+            "prepare",
+            "--quiet",
+            "--shard-tokens",
+            "2000",
+            "--input",
+        ])
+        .arg(&text)
+        .arg("--out")
+        .arg(&shards)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("5145 tokens"));
+    let run = tmp.path().join("run");
+    let out = Command::new(bin)
+        .args([
+            "pretrain",
+            "--model",
+            "gpt2-tiny",
+            "--context-length",
+            "32",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "3",
+            "--eval-every",
+            "2",
+            "--sample-tokens",
+            "3",
+            "--data",
+        ])
+        .arg(&shards)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("training on 4630 tokens, validating on 515"),
+        "{err}"
+    );
+    assert_eq!(losses(&run).len(), 3);
+}

@@ -210,6 +210,20 @@ pub fn pieces(text: &str) -> Pieces<'_> {
     }
 }
 
+/// Where the last piece of `text` starts: every piece before it is final whatever text follows,
+/// so a stream can be encoded up to here and the rest carried into the next chunk.
+pub fn last_piece_start(text: &str) -> usize {
+    let mut start = 0;
+    let mut it = pieces(text).peekable();
+    while let Some(p) = it.next() {
+        if it.peek().is_none() {
+            return start;
+        }
+        start += p.len();
+    }
+    start
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,45 +7,97 @@
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use std::sync::Arc;
 
-/// Sliding windows over token ids.
-#[derive(Clone, Debug)]
+/// Token ids held in memory, or memory-mapped shards (see [`crate::shards`]).
+pub enum TokenStore {
+    Owned(Vec<u32>),
+    Mapped(crate::shards::MappedTokens),
+}
+
+impl TokenStore {
+    pub fn len(&self) -> usize {
+        match self {
+            TokenStore::Owned(v) => v.len(),
+            TokenStore::Mapped(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn copy(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+        match self {
+            TokenStore::Owned(v) => out.extend_from_slice(&v[start..start + n]),
+            TokenStore::Mapped(m) => m.copy(start, n, out),
+        }
+    }
+}
+
+/// Sliding windows over a range of token ids.
+#[derive(Clone)]
 pub struct Windows {
-    ids: Vec<u32>,
+    store: Arc<TokenStore>,
+    base: usize,
+    len: usize,
     max_length: usize,
-    starts: Vec<usize>,
+    stride: usize,
+    count: usize,
 }
 
 impl Windows {
     /// `for i in range(0, len(ids) - max_length, stride)`, as the book.
     pub fn new(ids: Vec<u32>, max_length: usize, stride: usize) -> Self {
-        let starts = if max_length == 0 || stride == 0 || ids.len() <= max_length {
-            Vec::new()
+        let len = ids.len();
+        Self::over(Arc::new(TokenStore::Owned(ids)), 0, len, max_length, stride)
+    }
+
+    /// Windows over ids `base..base + len` of a shared store.
+    pub fn over(
+        store: Arc<TokenStore>,
+        base: usize,
+        len: usize,
+        max_length: usize,
+        stride: usize,
+    ) -> Self {
+        let count = if max_length == 0 || stride == 0 || len <= max_length {
+            0
         } else {
-            (0..ids.len() - max_length).step_by(stride).collect()
+            (len - max_length).div_ceil(stride)
         };
         Windows {
-            ids,
+            store,
+            base,
+            len,
             max_length,
-            starts,
+            stride,
+            count,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.count == 0
+    }
+
+    /// Appends the inputs and targets of window `i` to `x` and `y`.
+    pub fn fill(&self, i: usize, x: &mut Vec<u32>, y: &mut Vec<u32>) {
+        let mut w = Vec::with_capacity(self.max_length + 1);
+        self.store
+            .copy(self.base + i * self.stride, self.max_length + 1, &mut w);
+        x.extend_from_slice(&w[..self.max_length]);
+        y.extend_from_slice(&w[1..]);
     }
 
     /// Inputs and targets of window `i`.
-    pub fn get(&self, i: usize) -> (&[u32], &[u32]) {
-        let s = self.starts[i];
-        (
-            &self.ids[s..s + self.max_length],
-            &self.ids[s + 1..s + self.max_length + 1],
-        )
+    pub fn get(&self, i: usize) -> (Vec<u32>, Vec<u32>) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        self.fill(i, &mut x, &mut y);
+        (x, y)
     }
 
     pub fn max_length(&self) -> usize {
@@ -53,7 +105,7 @@ impl Windows {
     }
 
     pub fn token_count(&self) -> usize {
-        self.ids.len()
+        self.len
     }
 }
 
@@ -104,9 +156,7 @@ pub fn batch_tensors(
     let mut x = Vec::with_capacity(idx.len() * t);
     let mut y = Vec::with_capacity(idx.len() * t);
     for &i in idx {
-        let (a, b) = w.get(i);
-        x.extend_from_slice(a);
-        y.extend_from_slice(b);
+        w.fill(i, &mut x, &mut y);
     }
     Ok((
         Tensor::from_vec(x, (idx.len(), t), device)?,
@@ -130,7 +180,7 @@ mod tests {
     fn windows_and_batches_follow_the_book() {
         let w = Windows::new((0..10).collect(), 4, 4);
         assert_eq!(w.len(), 2); // range(0, 6, 4)
-        assert_eq!(w.get(1), (&[4, 5, 6, 7][..], &[5, 6, 7, 8][..]));
+        assert_eq!(w.get(1), (vec![4, 5, 6, 7], vec![5, 6, 7, 8]));
         let l = Loader {
             batch_size: 4,
             shuffle: false,

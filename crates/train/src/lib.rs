@@ -5,9 +5,10 @@ pub mod data;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;
+pub mod shards;
 pub mod trainer;
 
-pub use data::{batch_tensors, split_text, Loader, Windows};
+pub use data::{batch_tensors, split_text, Loader, TokenStore, Windows};
 pub use optim::{AdamW, AdamWConfig, Schedule};
 pub use pretrain::{pretrain, Ending, EvalRecord, Observer, PretrainConfig};
 pub use trainer::{StepRecord, TrainSettings, Trainer};

@@ -155,6 +155,42 @@ pub fn windows(cfg: &PretrainConfig, text: &str, tok: &Tokenizer) -> Result<(Win
     Ok((make(train_text, "training")?, make(val_text, "validation")?))
 }
 
+/// The shard directory, when the data is one (a directory with a shard manifest).
+fn shard_dir(data: &[PathBuf]) -> Result<Option<PathBuf>> {
+    let shards: Vec<&PathBuf> = data
+        .iter()
+        .filter(|p| p.join(crate::shards::MANIFEST).is_file())
+        .collect();
+    match (shards.len(), data.len()) {
+        (0, _) => Ok(None),
+        (1, 1) => Ok(Some(shards[0].clone())),
+        _ => Err(ModelError::Config(
+            "token shards (from `data prepare`) must be the only --data".into(),
+        )),
+    }
+}
+
+/// Train and validation windows over memory-mapped shards, split by a fraction of tokens.
+fn shard_windows(cfg: &PretrainConfig, dir: &Path) -> Result<(Windows, Windows)> {
+    let tokens = crate::shards::MappedTokens::open(dir)?;
+    let n = tokens.len();
+    let cut = (n as f64 * cfg.train_fraction) as usize;
+    let store = std::sync::Arc::new(crate::data::TokenStore::Mapped(tokens));
+    let ctx = cfg.model.context_length;
+    let train = Windows::over(store.clone(), 0, cut, ctx, cfg.stride);
+    let val = Windows::over(store, cut, n - cut, ctx, cfg.stride);
+    for (w, what) in [(&train, "training"), (&val, "validation")] {
+        if w.is_empty() {
+            return Err(ModelError::Config(format!(
+                "the {what} split has {} tokens, but one window needs context_length + 1 = {}; add text, lower --context-length, or change --train-fraction",
+                w.token_count(),
+                ctx + 1
+            )));
+        }
+    }
+    Ok((train, val))
+}
+
 fn settings(cfg: &PretrainConfig, train_windows: usize) -> TrainSettings {
     let loader = Loader {
         batch_size: cfg.batch_size,
@@ -314,8 +350,10 @@ pub fn pretrain(
             scratchllm_tokenizer::gpt2()?,
         ),
     };
-    let text = read_corpus(&cfg.data)?;
-    let (train, val) = windows(&cfg, &text, &tok)?;
+    let (train, val) = match shard_dir(&cfg.data)? {
+        Some(dir) => shard_windows(&cfg, &dir)?,
+        None => windows(&cfg, &read_corpus(&cfg.data)?, &tok)?,
+    };
     let mut trainer = Trainer::new(&cfg.model, init, settings(&cfg, train.len()))?;
     let mut state = RunState {
         version: 1,
