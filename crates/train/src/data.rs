@@ -40,7 +40,8 @@ impl TokenStore {
 pub struct Windows {
     store: Arc<TokenStore>,
     base: usize,
-    len: usize,
+    /// Number of ids in the range.
+    span: usize,
     max_length: usize,
     stride: usize,
     count: usize,
@@ -105,7 +106,7 @@ impl Windows {
     }
 
     pub fn token_count(&self) -> usize {
-        self.len
+        self.span
     }
 }
 
