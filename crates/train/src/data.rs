@@ -70,7 +70,7 @@ impl Windows {
         Windows {
             store,
             base,
-            len,
+            span: len,
             max_length,
             stride,
             count,
