@@ -2,6 +2,7 @@
 //! schedule (chapter 5, appendix D), and the training loop.
 pub mod checkpoint;
 pub mod data;
+pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;

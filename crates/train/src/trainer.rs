@@ -82,7 +82,17 @@ impl Trainer {
     /// Mean cross-entropy of the next-token predictions of a batch.
     pub fn loss(&self, x: &Tensor, y: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
         let logits = self.model.forward(x, train)?.flatten_to(1)?; // (B*T, V)
-        Ok(candle_nn::loss::cross_entropy(&logits, &y.flatten_all()?)?)
+        let targets: Vec<i64> = y
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        Ok(crate::loss::cross_entropy(
+            &logits,
+            &targets,
+            crate::loss::IGNORE_INDEX,
+        )?)
     }
 
     /// One optimizer step over micro-batches `(inputs, targets)`.
