@@ -29,7 +29,7 @@ pub struct RunState {
     pub tokens_seen: u64,
     pub adam_step: u64,
     pub best_val_loss: Option<f32>,
-    /// Step of the checkpoint with the best validation loss (kept when older ones are pruned).
+    /// Steps done when the best validation loss was measured (its model is in `best/`).
     pub best_step: Option<usize>,
     /// Validation loss at this checkpoint, if evaluated.
     pub val_loss: Option<f32>,
@@ -143,14 +143,12 @@ pub fn list(dir: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
-/// Removes all but the newest `keep` checkpoints, never the one at `protect` (the best).
-pub fn prune(dir: &Path, keep: usize, protect: Option<usize>) -> Result<()> {
+/// Removes all but the newest `keep` checkpoints.
+pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     let all = list(dir);
     let cut = all.len().saturating_sub(keep);
-    for (step, path) in &all[..cut] {
-        if Some(*step) != protect {
-            std::fs::remove_dir_all(path).map_err(|e| io(path, e))?;
-        }
+    for (_, path) in &all[..cut] {
+        std::fs::remove_dir_all(path).map_err(|e| io(path, e))?;
     }
     Ok(())
 }

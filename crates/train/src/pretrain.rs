@@ -2,8 +2,8 @@
 //! periodic evaluation, samples, metrics, a loss plot, checkpoints, exact resume, a clean stop.
 //!
 //! Run directory: `config.json` (the resolved [`PretrainConfig`]), `metrics.jsonl` (one object per
-//! step and per evaluation), `loss.svg`, `checkpoints/step-N/`, and `model/` (our model directory,
-//! written at the end and at every stop).
+//! step and per evaluation), `loss.svg`, `checkpoints/step-N/` (the newest few), `best/` (the model
+//! with the lowest validation loss so far) and `model/` (written at the end and at every stop).
 use crate::checkpoint::{self, RunState};
 use crate::data::{split_text, Loader, Windows};
 use crate::optim::{AdamWConfig, Schedule};
@@ -391,7 +391,6 @@ pub fn pretrain(
         let mut failure: Option<ModelError> = None;
         let mut stop = false;
         let mut due = false;
-        let mut new_best = false;
         position = trainer.run_from(&train, position, &mut |t, r| {
             if !(r.train_loss.is_finite() && r.grad_norm.is_finite()) {
                 failure = Some(ModelError::Config(format!(
@@ -421,15 +420,16 @@ pub fn pretrain(
                 if state.best_val_loss.is_none_or(|b| e.val_loss < b) {
                     state.best_val_loss = Some(e.val_loss);
                     state.best_step = Some(r.step + 1);
-                    // Checkpoint the best model now, so pruning can keep it.
-                    new_best = true;
+                    // The best model by validation loss, as a model directory (weights only: a
+                    // full checkpoint at every improvement would triple the writes).
+                    modeldir::save(&run_dir.join("best"), &cfg.model, &t.weights(), &tok)?;
                 }
                 if let Some(prompt) = &cfg.sample_prompt {
                     obs.sample(r.step, &sample(t, &tok, prompt, cfg.sample_tokens)?);
                 }
             }
             stop = obs.stop_requested();
-            due = new_best || (cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0);
+            due = cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0;
             Ok(!stop && !due)
         })?;
         if let Some(e) = failure {
@@ -444,7 +444,7 @@ pub fn pretrain(
             ..state
         };
         let saved = checkpoint::save(&ckpt_dir, &trainer, &state)?;
-        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1), state.best_step)?;
+        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1))?;
         obs.checkpoint(&saved);
         let finished = !stop && !due || trainer.step >= trainer.settings.schedule.total_steps;
         if stop || finished {

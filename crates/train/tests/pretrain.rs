@@ -125,11 +125,23 @@ fn resuming_reproduces_the_uninterrupted_run_exactly() {
     ));
     assert_eq!(rest.steps.first().unwrap().step, 6);
     assert_eq!(losses(&split), losses(&whole));
-    // Kept: the newest two and the best.
+    // Kept: the newest two checkpoints; the best model by validation loss is in best/.
     let kept = std::fs::read_dir(split.join("checkpoints"))
         .unwrap()
         .count();
-    assert!((2..=3).contains(&kept), "{kept} checkpoints kept");
+    assert_eq!(kept, 2);
+    let best_val = first
+        .evals
+        .iter()
+        .chain(&rest.evals)
+        .map(|e| e.val_loss)
+        .fold(f32::INFINITY, f32::min);
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(split.join("checkpoints/step-0000014/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["best_val_loss"].as_f64().unwrap() as f32, best_val);
+    assert!(split.join("best/model.safetensors").is_file());
 }
 
 #[test]
