@@ -128,19 +128,7 @@ fn get(a: GetArgs) -> Result<()> {
 
 fn prepare(a: PrepareArgs) -> Result<()> {
     let tok = scratchllm_tokenizer::load(&a.tokenizer)?;
-    let mut files = Vec::new();
-    for p in &a.input {
-        if p.is_dir() {
-            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "txt"))
-                .collect();
-            inner.sort();
-            files.extend(inner);
-        } else {
-            files.push(p.clone());
-        }
-    }
+    let files = scratchllm_train::pretrain::corpus_files(&a.input)?;
     let total: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))

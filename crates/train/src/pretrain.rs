@@ -99,8 +99,8 @@ fn err(path: &Path, message: impl Into<String>) -> ModelError {
     }
 }
 
-/// The corpus: files in order, directories' `.txt` files sorted; documents joined by <|endoftext|>.
-pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
+/// The corpus files: files in order, and each directory's `.txt` files sorted.
+pub fn corpus_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -121,10 +121,15 @@ pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
             files.push(p.clone());
         }
     }
-    let mut docs = Vec::with_capacity(files.len());
-    for f in &files {
-        docs.push(scratchllm_tokenizer::io::read_text(f)?);
-    }
+    Ok(files)
+}
+
+/// The corpus text: the documents of [`corpus_files`] joined by <|endoftext|>.
+pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
+    let docs = corpus_files(paths)?
+        .iter()
+        .map(|f| Ok(scratchllm_tokenizer::io::read_text(f)?))
+        .collect::<Result<Vec<_>>>()?;
     Ok(docs.join(ENDOFTEXT))
 }
 
