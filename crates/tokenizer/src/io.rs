@@ -1,6 +1,7 @@
 //! File helpers: reading text with a clear error, writing atomically.
 use crate::error::{Result, TokenizerError};
-use std::io::Write;
+use crate::pretokenize::last_piece_start;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Reads a UTF-8 file; an invalid byte is reported with its offset.
@@ -31,4 +32,70 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         TokenizerError::io(path, e)
     })
+}
+
+/// Bytes read per step by [`stream_text`].
+pub const CHUNK: usize = 1 << 20;
+
+/// Where a chunk of a longer text can be cut so that everything before the cut pre-tokenizes as the
+/// whole text would: after the last newline, after the last special token before it, at the start
+/// of the last piece (which may continue in the next chunk). 0 when the chunk has no newline.
+pub fn stable_cut(text: &str, specials: &[String]) -> usize {
+    let Some(nl) = text.rfind('\n') else { return 0 };
+    let head = &text[..nl + 1];
+    // Special tokens hold no newline, so one that starts before it also ends before it.
+    let seg = specials
+        .iter()
+        .filter_map(|s| head.rfind(s.as_str()).map(|i| i + s.len()))
+        .max()
+        .unwrap_or(0);
+    seg + last_piece_start(&head[seg..])
+}
+
+/// Streams a UTF-8 file in chunks of about [`CHUNK`] bytes, handing `on_text` consecutive pieces of
+/// text cut at [`stable_cut`], so that processing them one by one equals processing the whole file.
+/// Memory stays bounded by the longest line. `on_bytes` hears how many bytes were handed over.
+pub fn stream_text<E: From<TokenizerError>>(
+    path: &Path,
+    specials: &[String],
+    on_text: &mut dyn FnMut(&str) -> std::result::Result<(), E>,
+    on_bytes: &mut dyn FnMut(u64),
+) -> std::result::Result<(), E> {
+    let mut file = std::fs::File::open(path).map_err(|e| TokenizerError::io(path, e))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * CHUNK);
+    let mut offset = 0usize; // file offset of buf[0]
+    loop {
+        let start = buf.len();
+        buf.resize(start + CHUNK, 0);
+        let n = file
+            .read(&mut buf[start..])
+            .map_err(|e| TokenizerError::io(path, e))?;
+        buf.truncate(start + n);
+        let eof = n == 0;
+        let valid = match std::str::from_utf8(&buf) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() && !eof => e.valid_up_to(),
+            Err(e) => {
+                return Err(TokenizerError::NotUtf8 {
+                    what: path.display().to_string(),
+                    offset: offset + e.valid_up_to(),
+                }
+                .into())
+            }
+        };
+        // Valid by the check above.
+        let text = std::str::from_utf8(&buf[..valid]).unwrap_or_default();
+        let cut = if eof {
+            text.len()
+        } else {
+            stable_cut(text, specials)
+        };
+        on_text(&text[..cut])?;
+        buf.drain(..cut);
+        offset += cut;
+        on_bytes(cut as u64);
+        if eof {
+            return Ok(());
+        }
+    }
 }

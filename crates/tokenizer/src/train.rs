@@ -16,7 +16,6 @@ use crate::merge::pair_key;
 use crate::pretokenize::pieces;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BinaryHeap;
-use std::io::Read;
 use std::path::Path;
 
 /// Distinct pre-tokenized pieces of a corpus and how often each occurs.
@@ -25,9 +24,6 @@ pub struct WordCounts {
     counts: FxHashMap<Box<str>, u64>,
     specials: Vec<String>,
 }
-
-/// Bytes read per step when streaming a file.
-const CHUNK: usize = 1 << 20;
 
 impl WordCounts {
     /// Counts that will treat `specials` as boundaries (they are never merged with text).
@@ -74,74 +70,19 @@ impl WordCounts {
         out
     }
 
-    /// Streams a file through the counter; `on_bytes` hears how many bytes were consumed.
-    ///
-    /// Each chunk is cut after its last newline and its last piece is carried into the next chunk,
-    /// so every counted piece is the one the whole text would give.
+    /// Streams a file through the counter ([`crate::io::stream_text`]); `on_bytes` hears how many
+    /// bytes were consumed. The counts equal those of the whole text.
     pub fn add_file(&mut self, path: &Path, on_bytes: &mut dyn FnMut(u64)) -> Result<()> {
-        let mut file = std::fs::File::open(path).map_err(|e| TokenizerError::io(path, e))?;
-        let mut buf: Vec<u8> = Vec::with_capacity(2 * CHUNK);
-        let mut consumed = 0u64; // file offset of buf[0]
-        loop {
-            let start = buf.len();
-            buf.resize(start + CHUNK, 0);
-            let n = file
-                .read(&mut buf[start..])
-                .map_err(|e| TokenizerError::io(path, e))?;
-            buf.truncate(start + n);
-            let eof = n == 0;
-            let valid = match std::str::from_utf8(&buf) {
-                Ok(s) => s.len(),
-                Err(e) if e.error_len().is_none() && !eof => e.valid_up_to(),
-                Err(e) => {
-                    return Err(TokenizerError::NotUtf8 {
-                        what: path.display().to_string(),
-                        offset: consumed as usize + e.valid_up_to(),
-                    })
-                }
-            };
-            // Valid by the check above.
-            let text = std::str::from_utf8(&buf[..valid]).unwrap_or_default();
-            let done = if eof {
+        let specials = self.specials.clone();
+        crate::io::stream_text(
+            path,
+            &specials,
+            &mut |text| {
                 self.add_text(text);
-                text.len()
-            } else {
-                match text.rfind('\n') {
-                    Some(nl) => self.add_all_but_last(&text[..nl + 1]),
-                    None => 0,
-                }
-            };
-            buf.drain(..done);
-            consumed += done as u64;
-            on_bytes(done as u64);
-            if eof {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Counts every piece but the last, which may continue past `text`; returns where it starts.
-    fn add_all_but_last(&mut self, text: &str) -> usize {
-        let segments = self.segments(text);
-        let (last, rest) = match segments.split_last() {
-            Some(s) => s,
-            None => return 0,
-        };
-        for segment in rest {
-            for p in pieces(segment) {
-                self.bump(p);
-            }
-        }
-        let mut it = pieces(last).peekable();
-        let mut start = text.len() - last.len();
-        while let Some(p) = it.next() {
-            if it.peek().is_none() {
-                return start;
-            }
-            start += p.len();
-            self.bump(p);
-        }
-        start
+                Ok::<(), TokenizerError>(())
+            },
+            on_bytes,
+        )
     }
 }
 

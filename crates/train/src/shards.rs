@@ -8,9 +8,9 @@
 //! preparing and when training (the shards are memory-mapped).
 use scratchllm_model::ModelError;
 use scratchllm_tokenizer::{
-    io::atomic_write, pretokenize::last_piece_start, SpecialMode, Tokenizer, ENDOFTEXT,
+    io::{atomic_write, stream_text},
+    SpecialMode, Tokenizer, ENDOFTEXT,
 };
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -67,54 +67,20 @@ impl ShardWriter {
     }
 }
 
-/// Encodes a file in chunks; each chunk up to its stable prefix (see the module docs).
+/// Encodes a file as its whole text would be, in chunks ([`stream_text`]).
 fn encode_file(
     path: &Path,
     tok: &Tokenizer,
     out: &mut ShardWriter,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<()> {
-    let mut file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut offset = 0usize;
-    loop {
-        let start = buf.len();
-        buf.resize(start + (1 << 20), 0);
-        let n = file.read(&mut buf[start..]).map_err(|e| io(path, e))?;
-        buf.truncate(start + n);
-        let eof = n == 0;
-        let valid = match std::str::from_utf8(&buf) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_none() && !eof => e.valid_up_to(),
-            Err(e) => {
-                return Err(ModelError::File {
-                    path: path.to_path_buf(),
-                    message: format!("not valid UTF-8 at byte {}", offset + e.valid_up_to()),
-                })
-            }
-        };
-        let text = std::str::from_utf8(&buf[..valid]).unwrap_or_default();
-        let cut = if eof {
-            text.len()
-        } else {
-            match text.rfind('\n') {
-                Some(nl) => {
-                    let head = &text[..nl + 1];
-                    // Specials never hold a newline, so the last one before it is whole.
-                    let seg = head.rfind(ENDOFTEXT).map_or(0, |i| i + ENDOFTEXT.len());
-                    seg + last_piece_start(&head[seg..])
-                }
-                None => 0,
-            }
-        };
-        out.push(&tok.encode(&text[..cut], SpecialMode::Allow)?)?;
-        buf.drain(..cut);
-        offset += cut;
-        on_bytes(cut as u64);
-        if eof {
-            return Ok(());
-        }
-    }
+    let specials = [ENDOFTEXT.to_string()];
+    stream_text(
+        path,
+        &specials,
+        &mut |text| out.push(&tok.encode(text, SpecialMode::Allow)?),
+        on_bytes,
+    )
 }
 
 /// Tokenizes `files` (documents separated by <|endoftext|>) into shards in `out`.
