@@ -24,6 +24,10 @@ pub struct GptConfig {
     /// The output head shares the token embedding (GPT-2's checkpoints do).
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// A classifier: the output head maps to this many classes (with a bias) instead of the
+    /// vocabulary. Never tied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 /// Preset names, smallest first.
@@ -56,6 +60,7 @@ impl GptConfig {
             drop_rate: 0.1,
             qkv_bias: true,
             tie_embeddings: true,
+            num_classes: None,
         })
     }
 
@@ -79,6 +84,14 @@ impl GptConfig {
                 "emb_dim {} is not divisible by n_heads {}",
                 self.emb_dim, self.n_heads
             ));
+        }
+        if let Some(n) = self.num_classes {
+            if n < 2 || self.tie_embeddings {
+                return bad(format!(
+                    "a classifier needs at least 2 classes and an untied head (num_classes {n}, tie_embeddings {})",
+                    self.tie_embeddings
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.drop_rate) {
             return bad(format!("drop_rate {} is outside [0, 1)", self.drop_rate));
@@ -104,13 +117,18 @@ impl GptConfig {
         qkv + out_proj + ff + norms
     }
 
+    /// Rows of the output head: the classes of a classifier, else the vocabulary.
+    pub fn out_dim(&self) -> usize {
+        self.num_classes.unwrap_or(self.vocab_size)
+    }
+
     /// Total parameters, counting a separate output head when the head is not tied.
     pub fn param_count(&self) -> usize {
         let c = self.emb_dim;
-        let head = if self.tie_embeddings {
-            0
-        } else {
-            self.vocab_size * c
+        let head = match self.num_classes {
+            Some(n) => n * c + n,
+            None if self.tie_embeddings => 0,
+            None => self.vocab_size * c,
         };
         self.vocab_size * c
             + self.context_length * c

@@ -8,6 +8,7 @@
 //! `softmax_last_dim` would silently stop gradients), so the same model trains.
 use crate::config::GptConfig;
 use crate::error::Result;
+use crate::lora::LoraSpec;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear};
@@ -82,14 +83,67 @@ impl LayerNorm {
     }
 }
 
-fn linear(w: &Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+/// A linear layer `y = x W^T + b` (PyTorch layout `[out, in]`), with an optional low-rank adapter
+/// (LoRA, appendix E) added to its output: `+ (alpha / rank) * x A B`, A `[in, rank]`, B `[rank, out]`.
+#[derive(Clone, Debug)]
+pub struct Lin {
+    base: Linear,
+    lora: Option<(Tensor, Tensor, f64)>,
+}
+
+impl Lin {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.lora {
+            None => Ok(y),
+            Some((a, b, scale)) => {
+                let delta = x.broadcast_matmul(a)?.broadcast_matmul(b)?; // (.., rank) -> (.., out)
+                Ok((y + (delta * *scale)?)?)
+            }
+        }
+    }
+}
+
+/// The adapter of linear layer `name`, when the weights carry one.
+fn adapter(
+    w: &Weights,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    lora: Option<&LoraSpec>,
+) -> Result<Option<(Tensor, Tensor, f64)>> {
+    let a_name = format!("{name}.{}", crate::lora::A);
+    if !w.contains(&a_name) {
+        return Ok(None);
+    }
+    let spec = lora.ok_or_else(|| {
+        crate::error::ModelError::Config(format!(
+            "{a_name} is a LoRA adapter, but no LoRA settings (rank, alpha) were given"
+        ))
+    })?;
+    let a = w.get(&a_name, &[in_dim, spec.rank])?;
+    let b = w.get(&format!("{name}.{}", crate::lora::B), &[spec.rank, out_dim])?;
+    Ok(Some((a, b, spec.scale())))
+}
+
+fn linear(
+    w: &Weights,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+    lora: Option<&LoraSpec>,
+) -> Result<Lin> {
     let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
     let bias = if bias {
         Some(w.get(&format!("{name}.bias"), &[out_dim])?)
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    Ok(Lin {
+        base: Linear::new(weight, bias),
+        lora: adapter(w, name, out_dim, in_dim, lora)?,
+    })
 }
 
 /// Keys and values of the tokens seen so far, per layer: (B, nh, Tk, hs).
@@ -131,22 +185,22 @@ impl KvCache {
 /// Causal multi-head self-attention (the book's `MultiHeadAttention`).
 #[derive(Clone, Debug)]
 pub struct MultiHeadAttention {
-    w_query: Linear,
-    w_key: Linear,
-    w_value: Linear,
-    out_proj: Linear,
+    w_query: Lin,
+    w_key: Lin,
+    w_value: Lin,
+    out_proj: Lin,
     n_heads: usize,
     drop_rate: f32,
 }
 
 impl MultiHeadAttention {
-    fn load(w: &Weights, p: &str, cfg: &GptConfig) -> Result<Self> {
+    fn load(w: &Weights, p: &str, cfg: &GptConfig, lora: Option<&LoraSpec>) -> Result<Self> {
         let c = cfg.emb_dim;
         Ok(MultiHeadAttention {
-            w_query: linear(w, &format!("{p}.W_query"), c, c, cfg.qkv_bias)?,
-            w_key: linear(w, &format!("{p}.W_key"), c, c, cfg.qkv_bias)?,
-            w_value: linear(w, &format!("{p}.W_value"), c, c, cfg.qkv_bias)?,
-            out_proj: linear(w, &format!("{p}.out_proj"), c, c, true)?,
+            w_query: linear(w, &format!("{p}.W_query"), c, c, cfg.qkv_bias, lora)?,
+            w_key: linear(w, &format!("{p}.W_key"), c, c, cfg.qkv_bias, lora)?,
+            w_value: linear(w, &format!("{p}.W_value"), c, c, cfg.qkv_bias, lora)?,
+            out_proj: linear(w, &format!("{p}.out_proj"), c, c, true, lora)?,
             n_heads: cfg.n_heads,
             drop_rate: cfg.drop_rate,
         })
@@ -178,7 +232,7 @@ impl MultiHeadAttention {
         let weights = dropout(&weights, self.drop_rate, train)?;
         let y = weights.matmul(&v)?; // (B, nh, T, hs)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
-        Ok(self.out_proj.forward(&y)?)
+        self.out_proj.forward(&y)
     }
 }
 
@@ -201,21 +255,21 @@ fn causal_mask(t: usize, tk: usize, offset: usize, device: &Device) -> Result<Te
 /// The feed-forward block: C → 4C, GELU (tanh approximation), 4C → C.
 #[derive(Clone, Debug)]
 pub struct FeedForward {
-    fc: Linear,
-    proj: Linear,
+    fc: Lin,
+    proj: Lin,
 }
 
 impl FeedForward {
-    fn load(w: &Weights, p: &str, c: usize) -> Result<Self> {
+    fn load(w: &Weights, p: &str, c: usize, lora: Option<&LoraSpec>) -> Result<Self> {
         Ok(FeedForward {
-            fc: linear(w, &format!("{p}.layers.0"), 4 * c, c, true)?,
-            proj: linear(w, &format!("{p}.layers.2"), c, 4 * c, true)?,
+            fc: linear(w, &format!("{p}.layers.0"), 4 * c, c, true, lora)?,
+            proj: linear(w, &format!("{p}.layers.2"), c, 4 * c, true, lora)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle's `gelu` is the tanh approximation GPT-2 uses (`gelu_erf` is the exact one).
-        Ok(self.proj.forward(&self.fc.forward(x)?.gelu()?)?)
+        self.proj.forward(&self.fc.forward(x)?.gelu()?)
     }
 }
 
@@ -230,11 +284,11 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn load(w: &Weights, i: usize, cfg: &GptConfig) -> Result<Self> {
+    fn load(w: &Weights, i: usize, cfg: &GptConfig, lora: Option<&LoraSpec>) -> Result<Self> {
         let p = format!("trf_blocks.{i}");
         Ok(TransformerBlock {
-            att: MultiHeadAttention::load(w, &format!("{p}.att"), cfg)?,
-            ff: FeedForward::load(w, &format!("{p}.ff"), cfg.emb_dim)?,
+            att: MultiHeadAttention::load(w, &format!("{p}.att"), cfg, lora)?,
+            ff: FeedForward::load(w, &format!("{p}.ff"), cfg.emb_dim, lora)?,
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), cfg.emb_dim)?,
             norm2: LayerNorm::load(w, &format!("{p}.norm2"), cfg.emb_dim)?,
             drop_rate: cfg.drop_rate,
@@ -272,28 +326,37 @@ pub struct Gpt {
     pos_emb: Embedding,
     trf_blocks: Vec<TransformerBlock>,
     final_norm: LayerNorm,
-    out_head: Linear,
+    out_head: Lin,
 }
 
 impl Gpt {
     /// Builds the model from weights named as in the book (see [`crate::weights`]).
     pub fn new(cfg: &GptConfig, w: &Weights) -> Result<Self> {
+        Self::with_lora(cfg, w, None)
+    }
+
+    /// Builds the model; linear layers whose weights carry `NAME.lora_A`/`NAME.lora_B` get those
+    /// adapters, scaled by `lora`'s alpha / rank.
+    pub fn with_lora(cfg: &GptConfig, w: &Weights, lora: Option<&LoraSpec>) -> Result<Self> {
         cfg.validate()?;
         let (v, c) = (cfg.vocab_size, cfg.emb_dim);
         let tok = w.get("tok_emb.weight", &[v, c])?;
-        let head = if cfg.tie_embeddings {
-            tok.clone()
-        } else {
-            w.get("out_head.weight", &[v, c])?
+        let out_head = match cfg.num_classes {
+            Some(n) => linear(w, "out_head", n, c, true, lora)?,
+            None if cfg.tie_embeddings => Lin {
+                base: Linear::new(tok.clone(), None),
+                lora: adapter(w, "out_head", v, c, lora)?,
+            },
+            None => linear(w, "out_head", v, c, false, lora)?,
         };
         Ok(Gpt {
             tok_emb: Embedding::new(tok, c),
             pos_emb: Embedding::new(w.get("pos_emb.weight", &[cfg.context_length, c])?, c),
             trf_blocks: (0..cfg.n_layers)
-                .map(|i| TransformerBlock::load(w, i, cfg))
+                .map(|i| TransformerBlock::load(w, i, cfg, lora))
                 .collect::<Result<_>>()?,
             final_norm: LayerNorm::load(w, "final_norm", c)?,
-            out_head: Linear::new(head, None),
+            out_head,
             cfg: cfg.clone(),
         })
     }
@@ -316,7 +379,26 @@ impl Gpt {
         self.forward_impl(idx, Some(cache), None)
     }
 
+    /// The final-normed hidden states (B, T, C) for token ids (B, T), before the output head.
+    pub fn hidden(&self, idx: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
+        self.hidden_impl(idx, None, train)
+    }
+
+    /// The output head: (.., C) hidden states to (.., V) logits (or class logits).
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.out_head.forward(hidden)
+    }
+
     fn forward_impl(
+        &self,
+        idx: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
+        self.head(&self.hidden_impl(idx, cache, train)?) // (B, T, V)
+    }
+
+    fn hidden_impl(
         &self,
         idx: &Tensor,
         mut cache: Option<&mut KvCache>,
@@ -340,8 +422,7 @@ impl Gpt {
         for (i, block) in self.trf_blocks.iter().enumerate() {
             x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;
         }
-        let x = self.final_norm.forward(&x)?;
-        Ok(self.out_head.forward(&x)?) // (B, T, V)
+        self.final_norm.forward(&x)
     }
 
     /// A fresh cache for this model.

@@ -1,17 +1,21 @@
 //! The GPT model of scratchllm (the book's chapters 3–5): configuration and presets, the model with a
 //! KV cache, generation, and weights in every layout people have (ours, Hugging Face, OpenAI's
 //! TensorFlow checkpoint, the book's safetensors).
+pub mod classifier;
 mod config;
 mod error;
 pub mod generate;
 mod gpt;
+pub mod lora;
 pub mod modeldir;
 pub mod tf;
 pub mod weights;
 
+pub use classifier::{ClassifierSpec, TokenPosition};
 pub use config::{GptConfig, PRESETS};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions};
-pub use gpt::{DropoutRng, Gpt, KvCache, LayerNorm};
+pub use gpt::{DropoutRng, Gpt, KvCache, LayerNorm, Lin};
+pub use lora::LoraSpec;
 pub use modeldir::{Layout, ModelFiles};
 pub use weights::Weights;

@@ -3,8 +3,10 @@
 //! Ours is `config.json` (versioned, see [`MODEL_FORMAT`]) + `model.safetensors` (the book's names) +
 //! tokenizer files. [`load`] detects the layout of a path; when nothing matches, the error lists
 //! what it found.
+use crate::classifier::ClassifierSpec;
 use crate::config::GptConfig;
 use crate::error::{ModelError, Result};
+use crate::lora::{self, LoraSpec};
 use crate::weights::{self, Weights};
 use candle_core::{Device, Tensor};
 use scratchllm_tokenizer::{self as tk, io::atomic_write, Tokenizer};
@@ -24,6 +26,8 @@ pub enum Layout {
     OpenAiTf,
     Book,
     Preset,
+    /// A LoRA adapter directory, merged into its base model on load.
+    Adapter,
 }
 
 /// A model ready to build: configuration, weights under our names, tokenizer.
@@ -32,6 +36,8 @@ pub struct ModelFiles {
     pub weights: Weights,
     pub tokenizer: Tokenizer,
     pub layout: Layout,
+    /// How a classifier reads text (classifiers only).
+    pub classifier: Option<ClassifierSpec>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +46,8 @@ struct OurConfigFile {
     version: u32,
     architecture: String,
     model: GptConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classifier: Option<ClassifierSpec>,
 }
 
 /// Loads a model from a directory or `.safetensors` file of any supported layout.
@@ -51,6 +59,17 @@ pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
         return Err(ModelError::file(path, "no such file or directory"));
     }
     let has = |n: &str| path.join(n).is_file();
+    if has(ADAPTER_CONFIG) {
+        let a = load_adapter(path, None, device)?;
+        let (config, tensors) = lora::merge(&a.config, &a.weights.into_tensors(), &a.lora)?;
+        return Ok(ModelFiles {
+            config,
+            weights: Weights::new(tensors, format!("{} merged into its base", path.display())),
+            tokenizer: a.tokenizer,
+            layout: Layout::Adapter,
+            classifier: a.classifier,
+        });
+    }
     if has("config.json") {
         let cfg: Value = serde_json::from_str(&read(&path.join("config.json"))?).map_err(|e| {
             ModelError::file(&path.join("config.json"), format!("invalid JSON: {e}"))
@@ -126,6 +145,7 @@ fn load_ours(dir: &Path, device: &Device) -> Result<ModelFiles> {
         weights: Weights::new(tensors, st.display().to_string()),
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::Scratchllm,
+        classifier: file.classifier,
     })
 }
 
@@ -165,12 +185,14 @@ fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
             .unwrap_or(0.1) as f32,
         qkv_bias: true,
         tie_embeddings: tied,
+        num_classes: None,
     };
     Ok(ModelFiles {
         config,
         weights: Weights::new(tensors, st.display().to_string()),
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::HuggingFace,
+        classifier: None,
     })
 }
 
@@ -188,6 +210,7 @@ fn load_openai(dir: &Path, device: &Device) -> Result<ModelFiles> {
         drop_rate: 0.1,
         qkv_bias: true,
         tie_embeddings: true,
+        num_classes: None,
     };
     config.validate()?;
     let index = checkpoint_index(dir)?;
@@ -201,6 +224,7 @@ fn load_openai(dir: &Path, device: &Device) -> Result<ModelFiles> {
         weights: Weights::new(tensors, index.display().to_string()),
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::OpenAiTf,
+        classifier: None,
     })
 }
 
@@ -272,12 +296,18 @@ fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
         drop_rate: 0.1,
         qkv_bias: tensors.contains_key("trf_blocks.0.att.W_query.bias"),
         tie_embeddings: !tensors.contains_key("out_head.weight"),
+        // The book's chapter 6 classifier: a [classes, C] head with a bias.
+        num_classes: tensors
+            .get("out_head.weight")
+            .map(|t| t.dims()[0])
+            .filter(|&n| n != vocab_size),
     };
     Ok(ModelFiles {
         config,
         weights: Weights::new(tensors, file.display().to_string()),
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::Book,
+        classifier: None,
     })
 }
 
@@ -291,6 +321,7 @@ pub fn load_or_preset(spec: &str, seed: u64, device: &Device) -> Result<ModelFil
                 weights,
                 tokenizer: tk::gpt2()?,
                 layout: Layout::Preset,
+                classifier: None,
             });
         }
     }
@@ -304,6 +335,17 @@ pub fn save(
     tensors: &HashMap<String, Tensor>,
     tokenizer: &Tokenizer,
 ) -> Result<()> {
+    save_with(dir, config, tensors, tokenizer, None)
+}
+
+/// [`save`], with a classifier's reading settings when the model is one.
+pub fn save_with(
+    dir: &Path,
+    config: &GptConfig,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+    classifier: Option<&ClassifierSpec>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     weights::write_safetensors(tensors, &dir.join("model.safetensors"))?;
     tk::formats::save_dir(tokenizer, dir)?;
@@ -312,11 +354,127 @@ pub fn save(
         version: MODEL_FORMAT_VERSION,
         architecture: "gpt2".into(),
         model: config.clone(),
+        classifier: classifier.cloned(),
     };
     write_json(
         &dir.join("config.json"),
         &serde_json::to_value(&file).map_err(|e| ModelError::Config(e.to_string()))?,
     )
+}
+
+pub const ADAPTER_FORMAT: &str = "scratchllm-adapter";
+pub const ADAPTER_CONFIG: &str = "adapter.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter.safetensors";
+
+#[derive(Serialize, Deserialize)]
+struct AdapterFile {
+    format: String,
+    version: u32,
+    /// The base model's path (absolute when it could be resolved).
+    base: PathBuf,
+    lora: LoraSpec,
+    /// The adapted model's configuration (a classifier's head replaces the base's).
+    model: GptConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    classifier: Option<ClassifierSpec>,
+}
+
+/// A base model with its adapters, unmerged.
+pub struct AdapterFiles {
+    pub config: GptConfig,
+    /// Base weights, with the adapter's tensors added (or replacing, for a new head).
+    pub weights: Weights,
+    pub lora: LoraSpec,
+    pub tokenizer: Tokenizer,
+    pub classifier: Option<ClassifierSpec>,
+    pub base: PathBuf,
+}
+
+/// Saves a LoRA adapter: `adapter.json`, `adapter.safetensors` (the `lora_A`/`lora_B` tensors and
+/// any tensor that is not the base's, such as a classifier's head) and the tokenizer files.
+pub fn save_adapter(
+    dir: &Path,
+    base: &Path,
+    config: &GptConfig,
+    lora: &LoraSpec,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+    classifier: Option<&ClassifierSpec>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    weights::write_safetensors(tensors, &dir.join(ADAPTER_WEIGHTS))?;
+    tk::formats::save_dir(tokenizer, dir)?;
+    let file = AdapterFile {
+        format: ADAPTER_FORMAT.into(),
+        version: MODEL_FORMAT_VERSION,
+        base: std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf()),
+        lora: lora.clone(),
+        model: config.clone(),
+        classifier: classifier.cloned(),
+    };
+    write_json(
+        &dir.join(ADAPTER_CONFIG),
+        &serde_json::to_value(&file).map_err(|e| ModelError::Config(e.to_string()))?,
+    )
+}
+
+/// Loads an adapter directory and its base model (from `base`, or the path the adapter recorded).
+pub fn load_adapter(dir: &Path, base: Option<&Path>, device: &Device) -> Result<AdapterFiles> {
+    let path = dir.join(ADAPTER_CONFIG);
+    let file: AdapterFile = serde_json::from_str(&read(&path)?)
+        .map_err(|e| ModelError::file(&path, format!("invalid adapter configuration: {e}")))?;
+    if file.format != ADAPTER_FORMAT || file.version != MODEL_FORMAT_VERSION {
+        return Err(ModelError::file(
+            &path,
+            format!(
+                "format {:?} version {}, but this scratchllm reads {ADAPTER_FORMAT:?} version {MODEL_FORMAT_VERSION}",
+                file.format, file.version
+            ),
+        ));
+    }
+    file.lora.validate()?;
+    let base_path = base.map_or(file.base.clone(), Path::to_path_buf);
+    if !base_path.exists() {
+        return Err(ModelError::file(
+            &path,
+            format!(
+                "its base model {} does not exist; give the base model's path (--base)",
+                base_path.display()
+            ),
+        ));
+    }
+    let base_files = load(&base_path, device)?;
+    let same_body = |c: &GptConfig| GptConfig {
+        drop_rate: 0.0,
+        tie_embeddings: false,
+        num_classes: None,
+        ..c.clone()
+    };
+    if same_body(&base_files.config) != same_body(&file.model) {
+        return Err(ModelError::file(
+            &path,
+            format!(
+                "the adapter was made for a model configured {:?}, but the base {} is {:?}",
+                file.model,
+                base_path.display(),
+                base_files.config
+            ),
+        ));
+    }
+    let wpath = dir.join(ADAPTER_WEIGHTS);
+    let mut tensors = base_files.weights.into_tensors();
+    tensors.extend(weights::read_safetensors(&wpath, device)?);
+    Ok(AdapterFiles {
+        config: file.model,
+        weights: Weights::new(
+            tensors,
+            format!("{} + {}", base_path.display(), wpath.display()),
+        ),
+        lora: file.lora,
+        tokenizer: tokenizer_in(dir)?,
+        classifier: file.classifier,
+        base: base_path,
+    })
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {

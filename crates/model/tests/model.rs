@@ -14,6 +14,7 @@ fn tiny(ctx: usize, qkv_bias: bool, tie: bool) -> GptConfig {
         drop_rate: 0.1,
         qkv_bias,
         tie_embeddings: tie,
+        num_classes: None,
     }
 }
 

@@ -1,0 +1,196 @@
+//! Low-rank adaptation (LoRA, the book's appendix E): a frozen linear layer `W` gets a trainable
+//! `A [in, rank]` and `B [rank, out]`, and computes `x W^T + b + (alpha / rank) * x A B`.
+//!
+//! Adapters live beside the weights under `NAME.lora_A` / `NAME.lora_B` (NAME a linear layer, e.g.
+//! `trf_blocks.3.att.W_query`), so one [`crate::Weights`] carries base and adapters and
+//! [`crate::Gpt::with_lora`] builds the adapted model. [`merge`] folds them into plain weights.
+use crate::config::GptConfig;
+use crate::error::{ModelError, Result};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Suffixes of the adapter tensors.
+pub const A: &str = "lora_A";
+pub const B: &str = "lora_B";
+
+/// Which linear layers get adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Query, key, value and output projections of every attention block.
+    Attention,
+    /// Both layers of every feed-forward block.
+    FeedForward,
+    /// The output head.
+    Head,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::Attention, Target::FeedForward, Target::Head];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "attention" | "att" => Some(Target::Attention),
+            "feed-forward" | "ff" => Some(Target::FeedForward),
+            "head" => Some(Target::Head),
+            _ => None,
+        }
+    }
+}
+
+/// Rank, scaling and placement of the adapters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<Target>,
+}
+
+impl LoraSpec {
+    /// The factor on `x A B`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 || !self.alpha.is_finite() || self.targets.is_empty() {
+            return Err(ModelError::Config(format!(
+                "LoRA needs a rank of at least 1, a finite alpha and at least one target: {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The linear layers of a model: (name, out, in, target).
+pub fn linear_layers(cfg: &GptConfig) -> Vec<(String, usize, usize, Target)> {
+    let c = cfg.emb_dim;
+    let mut out = Vec::new();
+    for i in 0..cfg.n_layers {
+        let p = format!("trf_blocks.{i}");
+        for m in ["W_query", "W_key", "W_value", "out_proj"] {
+            out.push((format!("{p}.att.{m}"), c, c, Target::Attention));
+        }
+        out.push((format!("{p}.ff.layers.0"), 4 * c, c, Target::FeedForward));
+        out.push((format!("{p}.ff.layers.2"), c, 4 * c, Target::FeedForward));
+    }
+    out.push(("out_head".into(), cfg.out_dim(), c, Target::Head));
+    out
+}
+
+/// Whether `name` is an adapter tensor.
+pub fn is_adapter(name: &str) -> bool {
+    name.ends_with(&format!(".{A}")) || name.ends_with(&format!(".{B}"))
+}
+
+/// Fresh adapters for `spec`'s targets: A kaiming-uniform as PyTorch's
+/// `kaiming_uniform_(A, a=sqrt(5))` on an `[in, rank]` tensor (its fan-in is `rank`, so
+/// U(-1/sqrt(rank), 1/sqrt(rank))), B zeros — the adapted model starts equal to the base.
+pub fn init(
+    cfg: &GptConfig,
+    spec: &LoraSpec,
+    seed: u64,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    spec.validate()?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let bound = 1.0 / (spec.rank as f32).sqrt();
+    let mut out = HashMap::new();
+    for (name, out_dim, in_dim, target) in linear_layers(cfg) {
+        if !spec.targets.contains(&target) {
+            continue;
+        }
+        let a: Vec<f32> = (0..in_dim * spec.rank)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        out.insert(
+            format!("{name}.{A}"),
+            Tensor::from_vec(a, (in_dim, spec.rank), device)?,
+        );
+        out.insert(
+            format!("{name}.{B}"),
+            Tensor::zeros((spec.rank, out_dim), candle_core::DType::F32, device)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Folds the adapters into the weights: `W += (alpha / rank) * (A B)^T`. A tied output head with
+/// an adapter becomes a separate head (the embedding keeps its values). Returns the plain
+/// configuration and weights.
+pub fn merge(
+    cfg: &GptConfig,
+    tensors: &HashMap<String, Tensor>,
+    spec: &LoraSpec,
+) -> Result<(GptConfig, HashMap<String, Tensor>)> {
+    let mut cfg = cfg.clone();
+    let mut out: HashMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(n, _)| !is_adapter(n))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    for (name, _, _, _) in linear_layers(&cfg.clone()) {
+        let (Some(a), Some(b)) = (
+            tensors.get(&format!("{name}.{A}")),
+            tensors.get(&format!("{name}.{B}")),
+        ) else {
+            continue;
+        };
+        let delta = (a.matmul(b)?.t()? * spec.scale())?; // [out, in]
+        let key = format!("{name}.weight");
+        let base = if name == "out_head" && cfg.tie_embeddings && cfg.num_classes.is_none() {
+            cfg.tie_embeddings = false;
+            out.get("tok_emb.weight")
+        } else {
+            out.get(&key)
+        }
+        .ok_or_else(|| ModelError::Missing {
+            name: key.clone(),
+            hint: " (the base weight of a LoRA adapter)".into(),
+        })?;
+        if base.dims() != delta.dims() {
+            return Err(ModelError::Shape {
+                name: format!("{name}.{A} x {name}.{B}"),
+                expected: base.dims().to_vec(),
+                found: delta.dims().to_vec(),
+            });
+        }
+        let merged = (base + delta)?;
+        out.insert(key, merged);
+    }
+    Ok((cfg, out))
+}
+
+/// Parameters in the adapters of `tensors`.
+pub fn adapter_params(tensors: &HashMap<String, Tensor>) -> usize {
+    tensors
+        .iter()
+        .filter(|(n, _)| is_adapter(n))
+        .map(|(_, t)| t.elem_count())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_count_matches_the_book() {
+        // Appendix E: gpt2-small with a 2-class head, rank 16, every linear layer: 2,666,528.
+        let cfg = GptConfig {
+            num_classes: Some(2),
+            tie_embeddings: false,
+            ..GptConfig::preset("gpt2-small").unwrap()
+        };
+        let spec = LoraSpec {
+            rank: 16,
+            alpha: 16.0,
+            targets: Target::ALL.to_vec(),
+        };
+        let n = adapter_params(&init(&cfg, &spec, 0, &Device::Cpu).unwrap());
+        assert_eq!(n, 2_666_528);
+    }
+}
