@@ -5,6 +5,7 @@
 //! with status 1; usage errors exit with clap's status 2.
 mod bench;
 mod data;
+mod finetune;
 mod model;
 mod pretrain;
 mod tokenize;
@@ -43,6 +44,11 @@ enum Command {
     Convert(model::ConvertArgs),
     /// Pretrain a GPT on a text corpus (the book's chapter 5 and appendix D), resumable.
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// Fine-tune a model: text classification (full, last layers, or LoRA).
+    #[command(subcommand)]
+    Finetune(finetune::FinetuneCommand),
+    /// Label texts with a fine-tuned classifier (arguments, or one text per line of stdin).
+    Classify(finetune::PredictArgs),
     /// Data sets and pretrained weights: list and download them.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => model::generate(a),
         Command::Convert(a) => model::convert(a),
         Command::Pretrain(a) => pretrain::run(*a),
+        Command::Finetune(c) => finetune::run(c),
+        Command::Classify(a) => finetune::predict_run(a),
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
     };

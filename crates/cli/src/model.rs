@@ -2,7 +2,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
-use scratchllm_model::{generate::GenerateOptions, modeldir, Gpt, GptConfig, ModelFiles};
+use scratchllm_model::{generate::GenerateOptions, modeldir, Gpt, GptConfig, ModelFiles, Weights};
 use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +17,45 @@ pub fn load_model(spec: &str, seed: u64) -> Result<ModelFiles> {
 pub enum ModelCommand {
     /// Parameters and memory of a preset or a model directory.
     Info(InfoArgs),
+    /// Fold a LoRA adapter into its base model: a plain model directory.
+    MergeLora(MergeLoraArgs),
+}
+
+#[derive(Args)]
+pub struct MergeLoraArgs {
+    /// The adapter directory (adapter.json + adapter.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model [default: the path the adapter recorded].
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Output model directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn merge_lora(a: MergeLoraArgs) -> Result<()> {
+    let files = modeldir::load_adapter(&a.adapter, a.base.as_deref(), &Device::Cpu)
+        .with_context(|| format!("loading adapter {}", a.adapter.display()))?;
+    let n = scratchllm_model::lora::adapter_params(files.weights.tensors());
+    let (cfg, tensors) =
+        scratchllm_model::lora::merge(&files.config, files.weights.tensors(), &files.lora)?;
+    Gpt::new(&cfg, &Weights::new(tensors.clone(), "merged weights"))?;
+    modeldir::save_with(
+        &a.out,
+        &cfg,
+        &tensors,
+        &files.tokenizer,
+        files.classifier.as_ref(),
+    )?;
+    eprintln!(
+        "merged {n} adapter parameters (rank {}, alpha {}) into {}; wrote {}",
+        files.lora.rank,
+        files.lora.alpha,
+        files.base.display(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -29,6 +68,7 @@ pub struct InfoArgs {
 pub fn model(c: ModelCommand) -> Result<()> {
     match c {
         ModelCommand::Info(a) => info(a),
+        ModelCommand::MergeLora(a) => merge_lora(a),
     }
 }
 
@@ -127,6 +167,12 @@ pub struct GenerateArgs {
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let files = load_model(&a.model, a.seed)?;
+    if files.config.num_classes.is_some() {
+        bail!(
+            "{} is a classifier; it labels text (`scratchllm classify`) rather than generating it",
+            a.model
+        );
+    }
     let model = Gpt::new(&files.config, &files.weights)?;
     let tok = &files.tokenizer;
     let prompt = tok.encode(&a.prompt, SpecialMode::Allow)?;
@@ -209,8 +255,17 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     Gpt::new(&files.config, &files.weights)?;
     let tensors = files.weights.tensors();
     match a.to {
+        Target::Hf if files.config.num_classes.is_some() => {
+            bail!("exporting a classifier to Hugging Face's layout is not supported (only language models)")
+        }
         Target::Hf => modeldir::export_hf(&a.out, &files.config, tensors, &files.tokenizer)?,
-        Target::Scratchllm => modeldir::save(&a.out, &files.config, tensors, &files.tokenizer)?,
+        Target::Scratchllm => modeldir::save_with(
+            &a.out,
+            &files.config,
+            tensors,
+            &files.tokenizer,
+            files.classifier.as_ref(),
+        )?,
         Target::Book => {
             std::fs::create_dir_all(&a.out)?;
             scratchllm_model::weights::write_safetensors(

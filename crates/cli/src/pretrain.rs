@@ -155,16 +155,40 @@ fn config(a: &PretrainArgs) -> Result<PretrainConfig> {
 }
 
 /// Terminal progress: a bar, one line per step above it.
-struct Terminal {
-    bar: ProgressBar,
+pub(crate) struct Terminal {
+    pub(crate) bar: ProgressBar,
     stop: Arc<AtomicBool>,
     last: Instant,
     last_tokens: u64,
 }
 
 impl Terminal {
+    /// A progress display whose Ctrl-C asks the run to stop after the current step.
+    pub(crate) fn new() -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C while the checkpoint is written: leave at once.
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step; writing a checkpoint (Ctrl-C again to abort)");
+        })
+        .context("installing the Ctrl-C handler")?;
+        let bar = ProgressBar::new(0);
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} steps, eta {eta}") {
+            bar.set_style(style);
+        }
+        Ok(Terminal {
+            bar,
+            stop,
+            last: Instant::now(),
+            last_tokens: 0,
+        })
+    }
+
     /// A line above the bar; plain standard error when there is no terminal to draw a bar on.
-    fn line(&self, text: String) {
+    pub(crate) fn line(&self, text: String) {
         if self.bar.is_hidden() {
             eprintln!("{text}");
         } else {
@@ -202,6 +226,17 @@ impl Observer for Terminal {
     }
 
     fn eval(&mut self, r: &EvalRecord) {
+        if let (Some(ta), Some(va)) = (r.train_accuracy, r.val_accuracy) {
+            self.line(format!(
+                "eval   {:>6} | train loss {:.4} accuracy {:.2}% | val loss {:.4} accuracy {:.2}%",
+                r.step,
+                r.train_loss,
+                100.0 * ta,
+                r.val_loss,
+                100.0 * va
+            ));
+            return;
+        }
         self.line(format!(
             "eval   {:>6} | train {:.4} | val {:.4} (ppl {:.1}) | {} tokens seen",
             r.step,
@@ -233,26 +268,7 @@ pub fn run(a: PretrainArgs) -> Result<()> {
             Some(config(&a)?),
         ),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C while the checkpoint is written: leave at once.
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step; writing a checkpoint (Ctrl-C again to abort)");
-    })
-    .context("installing the Ctrl-C handler")?;
-    let bar = ProgressBar::new(0);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} steps, eta {eta}") {
-        bar.set_style(style);
-    }
-    let mut term = Terminal {
-        bar,
-        stop,
-        last: Instant::now(),
-        last_tokens: 0,
-    };
+    let mut term = Terminal::new()?;
     let ending = pretrain(&run_dir, cfg, &mut term)
         .with_context(|| format!("pretraining in {}", run_dir.display()))?;
     term.bar.finish_and_clear();

@@ -33,6 +33,9 @@ pub struct RunState {
     pub best_step: Option<usize>,
     /// Validation loss at this checkpoint, if evaluated.
     pub val_loss: Option<f32>,
+    /// The best validation accuracy so far (classifiers; their `best/` is chosen by it).
+    #[serde(default)]
+    pub best_val_accuracy: Option<f32>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> ModelError {
@@ -55,7 +58,8 @@ pub fn save(dir: &Path, trainer: &Trainer, state: &RunState) -> Result<PathBuf> 
         std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    weights::write_safetensors(&trainer.weights(), &tmp.join("model.safetensors"))?;
+    // Trainable weights only: frozen ones come back from the run's initial weights.
+    weights::write_safetensors(&trainer.trainable_weights(), &tmp.join("model.safetensors"))?;
     let mut opt = HashMap::new();
     for p in &trainer.opt.params {
         let shape = p.var.shape().clone();

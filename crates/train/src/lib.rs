@@ -1,8 +1,10 @@
 //! Training for scratchllm: the book's data pipeline (chapter 2), AdamW and the learning-rate
 //! schedule (chapter 5, appendix D), and the training loop.
 pub mod checkpoint;
+pub mod classify;
 pub mod data;
 pub mod loss;
+mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;

@@ -6,14 +6,14 @@
 //! with the lowest validation loss so far) and `model/` (written at the end and at every stop).
 use crate::checkpoint::{self, RunState};
 use crate::data::{split_text, Loader, Windows};
+use crate::metrics::Metrics;
 use crate::optim::{AdamWConfig, Schedule};
-use crate::plot::{loss_svg, Point};
+use crate::plot::loss_svg;
 use crate::trainer::{StepRecord, TrainSettings, Trainer};
 use candle_core::Device;
 use scratchllm_model::{generate, modeldir, GenerateOptions, GptConfig, ModelError, Weights};
 use scratchllm_tokenizer::{io::atomic_write, SpecialMode, Tokenizer, ENDOFTEXT};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -65,6 +65,9 @@ pub struct EvalRecord {
     pub tokens_seen: u64,
     pub train_loss: f32,
     pub val_loss: f32,
+    /// Classification accuracy (fine-tuning a classifier only).
+    pub train_accuracy: Option<f32>,
+    pub val_accuracy: Option<f32>,
 }
 
 /// What a run reports as it goes (the command line prints it).
@@ -232,65 +235,6 @@ fn settings(cfg: &PretrainConfig, train_windows: usize) -> TrainSettings {
     }
 }
 
-/// Appends JSON lines to `metrics.jsonl`.
-struct Metrics {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Metrics {
-    /// Opens the file, dropping lines from steps at or after `from_step` (a resumed run redoes them).
-    fn open(path: PathBuf, from_step: usize) -> Result<Self> {
-        let kept: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| (s as usize) < from_step)
-            })
-            .map(str::to_string)
-            .collect();
-        let mut text = kept.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        atomic_write(&path, text.as_bytes())?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| ModelError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-        Ok(Metrics { file, path })
-    }
-
-    fn write(&mut self, v: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{v}").map_err(|e| ModelError::Io {
-            path: self.path.clone(),
-            source: e,
-        })
-    }
-
-    /// The evaluation points so far, for the plot.
-    fn evals(&self) -> Vec<Point> {
-        std::fs::read_to_string(&self.path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                Some((
-                    v["tokens_seen"].as_u64()?,
-                    v["train_loss_eval"].as_f64()? as f32,
-                    v["val_loss"].as_f64()? as f32,
-                ))
-            })
-            .collect()
-    }
-}
-
 /// Starts a new run in `run_dir` (which must not hold checkpoints), or resumes the one there.
 pub fn pretrain(
     run_dir: &Path,
@@ -370,6 +314,7 @@ pub fn pretrain(
         best_val_loss: None,
         best_step: None,
         val_loss: None,
+        best_val_accuracy: None,
     };
     if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
         state = checkpoint::load(latest, &mut trainer)?;
@@ -417,9 +362,11 @@ pub fn pretrain(
                     tokens_seen: r.tokens_seen,
                     train_loss: t.evaluate(&train, &train_eval_loader, cfg.eval_batches)?,
                     val_loss: t.evaluate(&val, &eval_loader, cfg.eval_batches)?,
+                    train_accuracy: None,
+                    val_accuracy: None,
                 };
                 metrics.write(serde_json::json!({"step": e.step, "tokens_seen": e.tokens_seen, "train_loss_eval": e.train_loss, "val_loss": e.val_loss}))?;
-                atomic_write(&run_dir.join("loss.svg"), loss_svg(&metrics.evals()).as_bytes())?;
+                atomic_write(&run_dir.join("loss.svg"), loss_svg(&metrics.points("train_loss_eval", "val_loss")).as_bytes())?;
                 obs.eval(&e);
                 state.val_loss = Some(e.val_loss);
                 if state.best_val_loss.is_none_or(|b| e.val_loss < b) {

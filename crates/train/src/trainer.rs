@@ -6,7 +6,7 @@
 use crate::data::{batch_tensors, Loader, Windows};
 use crate::optim::{clip, global_norm, AdamW, AdamWConfig, Schedule};
 use candle_core::{Device, Tensor, Var};
-use scratchllm_model::{DropoutRng, Gpt, GptConfig, Weights};
+use scratchllm_model::{DropoutRng, Gpt, GptConfig, LoraSpec, Weights};
 use std::collections::HashMap;
 
 pub type Result<T, E = scratchllm_model::ModelError> = std::result::Result<T, E>;
@@ -49,25 +49,73 @@ pub struct Trainer {
     pub settings: TrainSettings,
     pub step: usize,
     pub tokens_seen: u64,
+    /// Weights the optimizer does not touch (fine-tuning freezes most of the model).
+    pub frozen: HashMap<String, Tensor>,
 }
 
 fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.ends_with(".scale") || name.ends_with(".shift"))
 }
 
+/// The loss of micro-batch `k` of a step under the model, and the tokens it covers.
+pub type MicroLoss<'a> = dyn FnMut(&Gpt, usize, &DropoutRng) -> Result<(Tensor, u64)> + 'a;
+
+/// The loss of the examples with the given indices under the model, and the tokens they hold.
+pub type BatchLoss<'a> = dyn FnMut(&Gpt, &[usize], &DropoutRng) -> Result<(Tensor, u64)> + 'a;
+
+/// The mean cross-entropy of next-token predictions `y` for inputs `x`.
+pub fn lm_loss(model: &Gpt, x: &Tensor, y: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
+    let logits = model.forward(x, train)?.flatten_to(1)?; // (B*T, V)
+    let targets: Vec<i64> = y
+        .flatten_all()?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    Ok(crate::loss::cross_entropy(
+        &logits,
+        &targets,
+        crate::loss::IGNORE_INDEX,
+    )?)
+}
+
 impl Trainer {
     /// Makes every weight trainable and builds the model over them.
     pub fn new(cfg: &GptConfig, weights: Weights, settings: TrainSettings) -> Result<Self> {
+        Self::partly_frozen(cfg, weights, None, &|_| true, settings)
+    }
+
+    /// Trains the weights `trainable` selects (by name) and freezes the rest; the model is built
+    /// with `lora`'s scaling for any adapters among the weights.
+    pub fn partly_frozen(
+        cfg: &GptConfig,
+        weights: Weights,
+        lora: Option<&LoraSpec>,
+        trainable: &dyn Fn(&str) -> bool,
+        settings: TrainSettings,
+    ) -> Result<Self> {
         let mut names: Vec<String> = weights.tensors().keys().cloned().collect();
         names.sort();
         let mut vars = Vec::with_capacity(names.len());
         let mut tensors = HashMap::new();
+        let mut frozen = HashMap::new();
         for name in names {
-            let var = Var::from_tensor(&weights.tensors()[&name])?;
-            tensors.insert(name.clone(), var.as_tensor().clone());
-            vars.push((name, var));
+            let t = &weights.tensors()[&name];
+            if trainable(&name) {
+                let var = Var::from_tensor(t)?;
+                tensors.insert(name.clone(), var.as_tensor().clone());
+                vars.push((name, var));
+            } else {
+                tensors.insert(name.clone(), t.clone());
+                frozen.insert(name, t.clone());
+            }
         }
-        let model = Gpt::new(cfg, &Weights::new(tensors, "trainable weights"))?;
+        if vars.is_empty() {
+            return Err(scratchllm_model::ModelError::Config(
+                "nothing to train: no weight is trainable".into(),
+            ));
+        }
+        let model = Gpt::with_lora(cfg, &Weights::new(tensors, "trainable weights"), lora)?;
         let exempt = settings.no_decay_bias_norm;
         let opt = AdamW::new(vars, settings.adamw.clone(), &|n| !exempt || decays(n));
         Ok(Trainer {
@@ -76,37 +124,42 @@ impl Trainer {
             settings,
             step: 0,
             tokens_seen: 0,
+            frozen,
         })
     }
 
     /// Mean cross-entropy of the next-token predictions of a batch.
     pub fn loss(&self, x: &Tensor, y: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
-        let logits = self.model.forward(x, train)?.flatten_to(1)?; // (B*T, V)
-        let targets: Vec<i64> = y
-            .flatten_all()?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(i64::from)
-            .collect();
-        Ok(crate::loss::cross_entropy(
-            &logits,
-            &targets,
-            crate::loss::IGNORE_INDEX,
-        )?)
+        lm_loss(&self.model, x, y, train)
     }
 
     /// One optimizer step over micro-batches `(inputs, targets)`.
     pub fn train_step(&mut self, micro: &[(Tensor, Tensor)], epoch: usize) -> Result<StepRecord> {
-        let n = micro.len().max(1) as f64;
+        self.step_with(micro.len(), epoch, &mut |m, k, rng| {
+            let (x, y) = &micro[k];
+            Ok((lm_loss(m, x, y, Some(rng))?, x.elem_count() as u64))
+        })
+    }
+
+    /// One optimizer step over `n_micro` micro-batches, whose losses `micro_loss` computes; the
+    /// losses are averaged.
+    pub fn step_with(
+        &mut self,
+        n_micro: usize,
+        epoch: usize,
+        micro_loss: &mut MicroLoss,
+    ) -> Result<StepRecord> {
+        let n = n_micro.max(1) as f64;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.opt.params.len()];
         let mut total_loss = 0.0;
-        for (k, (x, y)) in micro.iter().enumerate() {
+        for k in 0..n_micro {
             // Masks depend on the run's seed, the step and the micro-batch only (resumable).
             let rng = DropoutRng::new(
                 self.settings.loader.seed
                     ^ ((self.step as u64) << 8 | k as u64).wrapping_mul(0xd6e8_feb8_6659_fd93),
             );
-            let loss = (self.loss(x, y, Some(&rng))? / n)?;
+            let (loss, tokens) = micro_loss(&self.model, k, &rng)?;
+            let loss = (loss / n)?;
             total_loss += loss.to_scalar::<f32>()? as f64;
             let store = loss.backward()?;
             for (slot, p) in grads.iter_mut().zip(&self.opt.params) {
@@ -118,7 +171,7 @@ impl Trainer {
                     }
                 }
             }
-            self.tokens_seen += x.elem_count() as u64;
+            self.tokens_seen += tokens;
         }
         let s = &self.settings;
         let grad_norm = match s.grad_clip {
@@ -162,8 +215,8 @@ impl Trainer {
         Ok((total / n as f64) as f32)
     }
 
-    /// Trains from batch `start_batch` of epoch `start_epoch` to the end of the configured epochs
-    /// (or `max_steps`), calling `on_step` after each step; `on_step` returns `false` to stop early.
+    /// Trains from batch `start.1` of epoch `start.0` to the end of the configured epochs (or
+    /// `max_steps`), calling `on_step` after each step; `on_step` returns `false` to stop early.
     /// Returns the position to resume from: (epoch, batch within the epoch).
     pub fn run_from(
         &mut self,
@@ -171,21 +224,39 @@ impl Trainer {
         start: (usize, usize),
         on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<bool>,
     ) -> Result<(usize, usize)> {
-        let accum = self.settings.grad_accum.max(1);
         let device = self.model.device().clone();
+        self.run_examples(
+            train.len(),
+            start,
+            &mut |m, idx, rng| {
+                let (x, y) = batch_tensors(train, idx, &device)?;
+                Ok((lm_loss(m, &x, &y, Some(rng))?, x.elem_count() as u64))
+            },
+            on_step,
+        )
+    }
+
+    /// [`Trainer::run_from`] over `n` examples of any kind: `batch_loss` gives the loss of the
+    /// examples with the given indices, and the tokens they hold.
+    pub fn run_examples(
+        &mut self,
+        n: usize,
+        start: (usize, usize),
+        batch_loss: &mut BatchLoss,
+        on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<bool>,
+    ) -> Result<(usize, usize)> {
+        let accum = self.settings.grad_accum.max(1);
         for epoch in start.0..self.settings.epochs {
-            let batches = self.settings.loader.epoch(train.len(), epoch);
+            let batches = self.settings.loader.epoch(n, epoch);
             let skip = if epoch == start.0 { start.1 } else { 0 };
             let mut at = skip;
             for group in batches[skip.min(batches.len())..].chunks(accum) {
                 if self.settings.max_steps.is_some_and(|m| self.step >= m) {
                     return Ok((epoch, at));
                 }
-                let micro = group
-                    .iter()
-                    .map(|idx| batch_tensors(train, idx, &device))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let record = self.train_step(&micro, epoch)?;
+                let record = self.step_with(group.len(), epoch, &mut |m, k, rng| {
+                    batch_loss(m, &group[k], rng)
+                })?;
                 at += group.len();
                 if !on_step(self, &record)? {
                     return Ok((epoch, at));
@@ -205,13 +276,25 @@ impl Trainer {
         Ok(())
     }
 
-    /// The current weights by name.
+    /// The current weights by name, frozen ones included.
     pub fn weights(&self) -> HashMap<String, Tensor> {
+        let mut all = self.trainable_weights();
+        all.extend(self.frozen.iter().map(|(n, t)| (n.clone(), t.clone())));
+        all
+    }
+
+    /// The weights being trained, by name.
+    pub fn trainable_weights(&self) -> HashMap<String, Tensor> {
         self.opt
             .params
             .iter()
             .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
             .collect()
+    }
+
+    /// Number of trainable parameters.
+    pub fn trainable_params(&self) -> usize {
+        self.opt.params.iter().map(|p| p.var.elem_count()).sum()
     }
 
     pub fn device(&self) -> &Device {

@@ -52,6 +52,7 @@ fn config(data: PathBuf) -> PretrainConfig {
             drop_rate: 0.1,
             qkv_bias: false,
             tie_embeddings: false,
+            num_classes: None,
         },
         init: None,
         data: vec![data],

@@ -1,0 +1,927 @@
+//! Fine-tuning a GPT for text classification (the book's chapter 6, its bonus experiments, and
+//! LoRA from appendix E).
+//!
+//! Data is a TSV or CSV of labels and texts; it is balanced (optionally), shuffled and split with a
+//! seed, tokenized, truncated to a maximum length and right-padded with the end-of-text id. The
+//! model's output head is replaced by a `classes x C` linear layer; the chosen part of the model is
+//! trained with AdamW on the cross-entropy of the class logits.
+//!
+//! Run directory (as pretraining's): `config.json`, `metrics.jsonl`, `loss.svg`, `accuracy.svg`,
+//! `checkpoints/`, `best/` (best validation accuracy), `results.json` and `model/` (a classifier
+//! model directory), or with LoRA `adapter/` (adapters and the new head on their own; `model/` too
+//! when `merge` is set).
+use crate::checkpoint::{self, RunState};
+use crate::data::Loader;
+use crate::metrics::Metrics;
+use crate::optim::{AdamWConfig, Schedule};
+use crate::plot::chart_svg;
+use crate::pretrain::{Ending, EvalRecord, Observer};
+use crate::trainer::{TrainSettings, Trainer};
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use scratchllm_model::classifier::{class_logits, ClassifierSpec, TokenPosition};
+use scratchllm_model::lora::{self, LoraSpec};
+use scratchllm_model::{modeldir, Gpt, GptConfig, ModelError, Weights};
+use scratchllm_tokenizer::{io::atomic_write, Tokenizer, ENDOFTEXT};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+const CONFIG_VERSION: u32 = 1;
+
+fn err(path: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// A column of a table: by 0-based index or by header name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Column {
+    Index(usize),
+    Name(String),
+}
+
+impl Column {
+    /// `"2"` is an index, anything else a name.
+    pub fn parse(s: &str) -> Self {
+        s.parse()
+            .map_or_else(|_| Column::Name(s.to_string()), Column::Index)
+    }
+}
+
+/// How to read a labeled-text file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableFormat {
+    /// Comma-separated with quoting (RFC 4180); otherwise tab-separated without quoting.
+    pub csv: bool,
+    /// The first row names the columns.
+    pub header: bool,
+    pub label_column: Column,
+    pub text_column: Column,
+}
+
+impl TableFormat {
+    /// The SMS Spam Collection's format: `label<TAB>text`, no header.
+    pub fn tsv() -> Self {
+        TableFormat {
+            csv: false,
+            header: false,
+            label_column: Column::Index(0),
+            text_column: Column::Index(1),
+        }
+    }
+}
+
+/// One labeled text, with the line it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub label: String,
+    pub text: String,
+    pub line: usize,
+}
+
+fn column_index(col: &Column, header: Option<&[String]>, path: &Path) -> Result<usize> {
+    match (col, header) {
+        (Column::Index(i), _) => Ok(*i),
+        (Column::Name(n), Some(h)) => h.iter().position(|c| c == n).ok_or_else(|| {
+            err(
+                path,
+                format!("line 1: no column {n:?}; the header has {}", h.join(", ")),
+            )
+        }),
+        (Column::Name(n), None) => Err(err(
+            path,
+            format!("column {n:?} is a name, but the file has no header (use an index, or the header option)"),
+        )),
+    }
+}
+
+/// Reads labeled texts; every row must have the label and text columns, both non-empty.
+pub fn read_examples(path: &Path, format: &TableFormat) -> Result<Vec<Example>> {
+    let text = scratchllm_tokenizer::io::read_text(path)?;
+    let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
+    if format.csv {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        for record in reader.records() {
+            let record = record.map_err(|e| err(path, format!("not valid CSV: {e}")))?;
+            let line = record.position().map_or(0, |p| p.line() as usize);
+            rows.push((line, record.iter().map(str::to_string).collect()));
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.trim().is_empty() {
+                continue;
+            }
+            rows.push((i + 1, line.split('\t').map(str::to_string).collect()));
+        }
+    }
+    let header = if format.header && !rows.is_empty() {
+        Some(rows.remove(0).1)
+    } else {
+        None
+    };
+    let li = column_index(&format.label_column, header.as_deref(), path)?;
+    let ti = column_index(&format.text_column, header.as_deref(), path)?;
+    let columns = header.as_ref().map(Vec::len);
+    let mut out = Vec::with_capacity(rows.len());
+    for (line, mut fields) in rows {
+        // In a TSV whose text is the last column, tabs inside the text belong to it.
+        if !format.csv && ti + 1 >= columns.unwrap_or(li.max(ti) + 1) && fields.len() > ti + 1 {
+            let rest = fields.split_off(ti + 1).join("\t");
+            fields[ti].push('\t');
+            fields[ti].push_str(&rest);
+        }
+        let need = li.max(ti) + 1;
+        if fields.len() < need || columns.is_some_and(|c| fields.len() != c) {
+            return Err(err(
+                path,
+                format!(
+                    "line {line}: {} field(s), expected {}{}",
+                    fields.len(),
+                    columns.unwrap_or(need),
+                    if format.csv {
+                        ""
+                    } else {
+                        " separated by tabs (label<TAB>text)"
+                    }
+                ),
+            ));
+        }
+        let label = fields[li].trim().to_string();
+        let text = fields[ti].clone();
+        if label.is_empty() {
+            return Err(err(path, format!("line {line}: the label is empty")));
+        }
+        if text.trim().is_empty() {
+            return Err(err(path, format!("line {line}: the text is empty")));
+        }
+        out.push(Example { label, text, line });
+    }
+    if out.is_empty() {
+        return Err(err(path, "no labeled texts in the file"));
+    }
+    Ok(out)
+}
+
+/// The class names: `given` in its order, or the labels found, sorted (numerically when they are
+/// all integers). With `given`, a label outside it is an error naming its line.
+pub fn class_labels(
+    examples: &[Example],
+    given: Option<&[String]>,
+    path: &Path,
+) -> Result<Vec<String>> {
+    if let Some(given) = given {
+        if let Some(e) = examples.iter().find(|e| !given.contains(&e.label)) {
+            return Err(err(
+                path,
+                format!(
+                    "line {}: unknown label {:?}; the labels are {}",
+                    e.line,
+                    e.label,
+                    given.join(", ")
+                ),
+            ));
+        }
+        return Ok(given.to_vec());
+    }
+    let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
+        labels.sort_by_key(|l| l.parse::<i64>().unwrap_or(0));
+    }
+    Ok(labels)
+}
+
+/// Undersamples every class to the size of the smallest (the book's `create_balanced_dataset`),
+/// keeping the file order within a class.
+pub fn balance(examples: Vec<Example>, labels: &[String], seed: u64) -> Vec<Example> {
+    let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); labels.len()];
+    for e in examples {
+        if let Some(c) = labels.iter().position(|l| *l == e.label) {
+            by_class[c].push(e);
+        }
+    }
+    let n = by_class.iter().map(Vec::len).min().unwrap_or(0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for mut class in by_class {
+        let mut keep: Vec<usize> = (0..class.len()).collect();
+        keep.shuffle(&mut rng);
+        keep.truncate(n);
+        keep.sort_unstable();
+        let mut taken: Vec<Option<Example>> = class.drain(..).map(Some).collect();
+        out.extend(keep.into_iter().filter_map(|i| taken[i].take()));
+    }
+    out
+}
+
+/// Shuffles with `seed` and splits into train, validation and test by fractions (the book's
+/// `random_split`: sizes `int(n * train)`, `int(n * val)`, the rest).
+pub fn split(
+    mut examples: Vec<Example>,
+    train: f64,
+    val: f64,
+    seed: u64,
+) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    examples.shuffle(&mut rng);
+    let n = examples.len();
+    let a = ((n as f64 * train) as usize).min(n);
+    let b = (a + (n as f64 * val) as usize).min(n);
+    let test = examples.split_off(b);
+    let val = examples.split_off(a);
+    (examples, val, test)
+}
+
+/// A tokenized split.
+#[derive(Clone, Debug, Default)]
+pub struct Encoded {
+    pub ids: Vec<Vec<u32>>,
+    pub labels: Vec<u32>,
+    /// Texts cut to the maximum length.
+    pub truncated: usize,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.ids.iter().map(Vec::len).sum()
+    }
+}
+
+/// Token ids of each example (special-token text is plain text), cut to `max_length` when given.
+pub fn encode(
+    examples: &[Example],
+    labels: &[String],
+    tok: &Tokenizer,
+    max_length: Option<usize>,
+) -> Result<Encoded> {
+    let mut out = Encoded::default();
+    for e in examples {
+        let mut ids = tok.encode(&e.text, scratchllm_tokenizer::SpecialMode::AsText)?;
+        if let Some(m) = max_length {
+            if ids.len() > m {
+                ids.truncate(m);
+                out.truncated += 1;
+            }
+        }
+        out.ids.push(ids);
+        out.labels
+            .push(labels.iter().position(|l| *l == e.label).unwrap_or(0) as u32);
+    }
+    Ok(out)
+}
+
+/// Which weights fine-tuning trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trainable {
+    /// The new head only.
+    LastLayer,
+    /// The last transformer block, the final LayerNorm and the head (the book's choice).
+    LastBlock,
+    /// The last two blocks, the final LayerNorm and the head.
+    LastTwoBlocks,
+    All,
+    /// LoRA adapters only; the base (and the new head) stay frozen, as in appendix E.
+    Lora,
+}
+
+impl Trainable {
+    /// Whether the weight `name` of a model with `n_layers` blocks is trained.
+    pub fn selects(self, name: &str, n_layers: usize) -> bool {
+        let head = name.starts_with("out_head.") && !lora::is_adapter(name);
+        let norm = name.starts_with("final_norm.");
+        let block = |back: usize| {
+            (1..=back.min(n_layers))
+                .any(|k| name.starts_with(&format!("trf_blocks.{}.", n_layers - k)))
+        };
+        match self {
+            Trainable::LastLayer => head,
+            Trainable::LastBlock => head || norm || block(1),
+            Trainable::LastTwoBlocks => head || norm || block(2),
+            Trainable::All => !lora::is_adapter(name),
+            Trainable::Lora => lora::is_adapter(name),
+        }
+    }
+}
+
+/// Everything that defines a classification fine-tuning run; saved as `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifyConfig {
+    pub version: u32,
+    /// The starting model: a path (any layout) or a preset name (random weights).
+    pub model: String,
+    /// A configuration for a randomly initialized model (instead of `model`).
+    pub model_config: Option<GptConfig>,
+    pub data: PathBuf,
+    pub format: TableFormat,
+    /// Class names in order; the sorted labels of the data when absent.
+    pub labels: Option<Vec<String>>,
+    pub balance: bool,
+    pub train_fraction: f64,
+    pub val_fraction: f64,
+    /// Truncate texts to this many tokens (default: the longest training text, within the context).
+    pub max_length: Option<usize>,
+    pub trainable: Trainable,
+    pub lora: Option<LoraSpec>,
+    pub token_position: TokenPosition,
+    pub average_embeddings: bool,
+    pub drop_rate: f32,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub grad_clip: Option<f32>,
+    pub seed: u64,
+    /// Evaluate every N steps as well as after each epoch (0: after each epoch only).
+    pub eval_every: usize,
+    /// Batches per evaluation of loss and accuracy (all when absent).
+    pub eval_batches: Option<usize>,
+    pub checkpoint_every: usize,
+    pub keep_checkpoints: usize,
+    /// With LoRA, also write `model/` with the adapters merged.
+    pub merge: bool,
+}
+
+impl ClassifyConfig {
+    /// The book's chapter 6 settings for `data` from `model`.
+    pub fn book(model: &str, data: &Path) -> Self {
+        ClassifyConfig {
+            version: CONFIG_VERSION,
+            model: model.to_string(),
+            model_config: None,
+            data: data.to_path_buf(),
+            format: TableFormat::tsv(),
+            labels: None,
+            balance: true,
+            train_fraction: 0.7,
+            val_fraction: 0.1,
+            max_length: None,
+            trainable: Trainable::LastBlock,
+            lora: None,
+            token_position: TokenPosition::Last,
+            average_embeddings: false,
+            drop_rate: 0.0,
+            epochs: 5,
+            max_steps: None,
+            batch_size: 8,
+            lr: 5e-5,
+            weight_decay: 0.1,
+            grad_clip: None,
+            seed: 123,
+            eval_every: 0,
+            eval_batches: None,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            merge: false,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.batch_size == 0 || self.epochs == 0 {
+            return bad("the batch size and the number of epochs must be at least 1".into());
+        }
+        if !(self.train_fraction > 0.0
+            && self.val_fraction >= 0.0
+            && self.train_fraction + self.val_fraction <= 1.0)
+        {
+            return bad(format!(
+                "split fractions train {} and validation {} must be positive and sum to at most 1",
+                self.train_fraction, self.val_fraction
+            ));
+        }
+        if (self.trainable == Trainable::Lora) != self.lora.is_some() {
+            return bad("LoRA settings go with trainable = lora, and only with it".into());
+        }
+        if let Some(l) = &self.lora {
+            l.validate()?;
+        }
+        if !(0.0..1.0).contains(&self.drop_rate) {
+            return bad(format!("drop rate {} is outside [0, 1)", self.drop_rate));
+        }
+        Ok(())
+    }
+}
+
+/// The data of a run, split and tokenized.
+pub struct Prepared {
+    pub labels: Vec<String>,
+    pub train: Encoded,
+    pub val: Encoded,
+    pub test: Encoded,
+    pub spec: ClassifierSpec,
+}
+
+/// Reads, balances, splits and tokenizes the run's data (deterministic in the seed).
+pub fn prepare(cfg: &ClassifyConfig, tok: &Tokenizer, context_length: usize) -> Result<Prepared> {
+    let examples = read_examples(&cfg.data, &cfg.format)?;
+    let labels = class_labels(&examples, cfg.labels.as_deref(), &cfg.data)?;
+    if labels.len() < 2 {
+        return Err(err(
+            &cfg.data,
+            format!(
+                "only one class ({}); a classifier needs at least two",
+                labels.join(", ")
+            ),
+        ));
+    }
+    let examples = if cfg.balance {
+        balance(examples, &labels, cfg.seed)
+    } else {
+        examples
+    };
+    let n = examples.len();
+    let (train, val, test) = split(examples, cfg.train_fraction, cfg.val_fraction, cfg.seed);
+    if train.len() < cfg.batch_size || train.len() < labels.len() {
+        return Err(err(
+            &cfg.data,
+            format!(
+                "{} training examples (of {n}{}) for batches of {} and {} classes; add data, lower the batch size or raise the training fraction",
+                train.len(),
+                if cfg.balance { " after balancing" } else { "" },
+                cfg.batch_size,
+                labels.len()
+            ),
+        ));
+    }
+    if let Some(m) = cfg.max_length {
+        if m == 0 || m > context_length {
+            return Err(ModelError::Config(format!(
+                "max length {m} must be within the model's context of {context_length} tokens"
+            )));
+        }
+    }
+    let mut train_enc = encode(&train, &labels, tok, None)?;
+    // The book pads to the longest training text, and cuts validation and test texts to it.
+    let max_length = cfg.max_length.unwrap_or_else(|| {
+        let longest = train_enc.ids.iter().map(Vec::len).max().unwrap_or(1);
+        longest.min(context_length)
+    });
+    for ids in &mut train_enc.ids {
+        if ids.len() > max_length {
+            ids.truncate(max_length);
+            train_enc.truncated += 1;
+        }
+    }
+    let pad_id = tok
+        .special_id(ENDOFTEXT)
+        .unwrap_or(tok.vocab_size().saturating_sub(1) as u32);
+    let spec = ClassifierSpec {
+        labels: labels.clone(),
+        token_position: cfg.token_position,
+        average_embeddings: cfg.average_embeddings,
+        max_length,
+        pad_id,
+    };
+    Ok(Prepared {
+        train: train_enc,
+        val: encode(&val, &labels, tok, Some(max_length))?,
+        test: encode(&test, &labels, tok, Some(max_length))?,
+        labels,
+        spec,
+    })
+}
+
+/// Input ids, lengths and class targets of the examples `idx`.
+fn batch(
+    spec: &ClassifierSpec,
+    data: &Encoded,
+    idx: &[usize],
+    device: &Device,
+) -> Result<(Tensor, Vec<usize>, Vec<i64>)> {
+    let seqs: Vec<&[u32]> = idx.iter().map(|&i| data.ids[i].as_slice()).collect();
+    let (ids, lengths) = spec.batch(&seqs, device)?;
+    let targets = idx.iter().map(|&i| data.labels[i] as i64).collect();
+    Ok((ids, lengths, targets))
+}
+
+/// Mean loss and accuracy over the first `max_batches` batches of `data` (all when `None`).
+pub fn evaluate(
+    model: &Gpt,
+    spec: &ClassifierSpec,
+    data: &Encoded,
+    batch_size: usize,
+    max_batches: Option<usize>,
+) -> Result<(f32, f32)> {
+    let loader = Loader {
+        batch_size,
+        shuffle: false,
+        drop_last: false,
+        seed: 0,
+    };
+    let batches = loader.epoch(data.len(), 0);
+    let n = max_batches.map_or(batches.len(), |m| m.min(batches.len()));
+    if n == 0 {
+        return Ok((f32::NAN, f32::NAN));
+    }
+    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    for idx in &batches[..n] {
+        let (ids, lengths, targets) = batch(spec, data, idx, model.device())?;
+        let logits = class_logits(model, spec, &ids, &lengths, None)?;
+        loss += crate::loss::cross_entropy(&logits, &targets, crate::loss::IGNORE_INDEX)?
+            .to_scalar::<f32>()? as f64;
+        let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+        correct += predicted
+            .iter()
+            .zip(&targets)
+            .filter(|(p, t)| **p as i64 == **t)
+            .count();
+        seen += idx.len();
+    }
+    Ok(((loss / n as f64) as f32, correct as f32 / seen as f32))
+}
+
+/// The starting model and tokenizer: loaded, or random for a preset or a configuration.
+fn initial(cfg: &ClassifyConfig, device: &Device) -> Result<(GptConfig, Weights, Tokenizer)> {
+    if let Some(mc) = &cfg.model_config {
+        return Ok((
+            mc.clone(),
+            Weights::random(mc, cfg.seed, device)?,
+            scratchllm_tokenizer::gpt2()?,
+        ));
+    }
+    let files = modeldir::load_or_preset(&cfg.model, cfg.seed, device)?;
+    Ok((files.config, files.weights, files.tokenizer))
+}
+
+/// The model to fine-tune: the starting weights with a fresh `classes x C` head (PyTorch's
+/// `nn.Linear` initialization, seeded), unless they already are a classifier of as many classes;
+/// adapters added for LoRA.
+fn classifier_weights(
+    base_cfg: &GptConfig,
+    base: Weights,
+    classes: usize,
+    cfg: &ClassifyConfig,
+    device: &Device,
+) -> Result<(GptConfig, HashMap<String, Tensor>)> {
+    let c = base_cfg.emb_dim;
+    let model_cfg = GptConfig {
+        num_classes: Some(classes),
+        tie_embeddings: false,
+        drop_rate: cfg.drop_rate,
+        ..base_cfg.clone()
+    };
+    let mut tensors = base.into_tensors();
+    if base_cfg.num_classes != Some(classes) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x6865_6164); // "head"
+        let bound = 1.0 / (c as f32).sqrt();
+        let mut uniform =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
+        tensors.insert(
+            "out_head.weight".into(),
+            Tensor::from_vec(uniform(classes * c), (classes, c), device)?,
+        );
+        tensors.insert(
+            "out_head.bias".into(),
+            Tensor::from_vec(uniform(classes), classes, device)?,
+        );
+    }
+    if let Some(spec) = &cfg.lora {
+        tensors.extend(lora::init(
+            &model_cfg,
+            spec,
+            cfg.seed ^ 0x6c6f_7261,
+            device,
+        )?); // "lora"
+    }
+    model_cfg.validate()?;
+    Ok((model_cfg, tensors))
+}
+
+/// What a finished run measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub labels: Vec<String>,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub test_examples: usize,
+    pub max_length: usize,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub train_loss: f32,
+    pub val_loss: f32,
+    pub test_loss: f32,
+    pub train_accuracy: f32,
+    pub val_accuracy: f32,
+    pub test_accuracy: f32,
+    pub seconds: f64,
+}
+
+/// What the run will train on, for the observer.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub labels: Vec<String>,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+    pub max_length: usize,
+    pub truncated: usize,
+    pub trainable_params: usize,
+    pub total_params: usize,
+}
+
+/// Classification progress beyond pretraining's.
+pub trait ClassifyObserver: Observer {
+    fn info(&mut self, info: &RunInfo);
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| err(path, e.to_string()))? + "\n";
+    Ok(atomic_write(path, text.as_bytes())?)
+}
+
+/// Starts a new fine-tuning run in `run_dir`, or resumes the one there (`new` = `None`).
+pub fn finetune_classify(
+    run_dir: &Path,
+    new: Option<ClassifyConfig>,
+    obs: &mut dyn ClassifyObserver,
+) -> Result<(Ending, Option<Results>)> {
+    let started = std::time::Instant::now();
+    let ckpt_dir = run_dir.join("checkpoints");
+    let config_path = run_dir.join("config.json");
+    let cfg = match new {
+        Some(cfg) => {
+            cfg.validate()?;
+            if !checkpoint::list(&ckpt_dir).is_empty() {
+                return Err(err(run_dir, "this run directory already has checkpoints; continue it with --resume, or choose another --out"));
+            }
+            std::fs::create_dir_all(&ckpt_dir).map_err(|e| ModelError::Io {
+                path: ckpt_dir.clone(),
+                source: e,
+            })?;
+            write_json(&config_path, &cfg)?;
+            cfg
+        }
+        None => {
+            let text = scratchllm_tokenizer::io::read_text(&config_path)?;
+            let cfg: ClassifyConfig = serde_json::from_str(&text)
+                .map_err(|e| err(&config_path, format!("invalid run configuration: {e}")))?;
+            if cfg.version != CONFIG_VERSION {
+                return Err(err(
+                    &config_path,
+                    format!(
+                        "run format {} but this scratchllm reads {CONFIG_VERSION}",
+                        cfg.version
+                    ),
+                ));
+            }
+            cfg.validate()?;
+            cfg
+        }
+    };
+    let device = Device::Cpu;
+    let (base_cfg, base, tok) = initial(&cfg, &device)?;
+    let base_tensors = base.tensors().clone();
+    let data = prepare(&cfg, &tok, base_cfg.context_length)?;
+    let (model_cfg, tensors) =
+        classifier_weights(&base_cfg, base, data.labels.len(), &cfg, &device)?;
+    let total_params = tensors
+        .iter()
+        .filter(|(n, _)| !lora::is_adapter(n))
+        .map(|(_, t)| t.elem_count())
+        .sum::<usize>();
+    let loader = Loader {
+        batch_size: cfg.batch_size,
+        shuffle: true,
+        drop_last: true,
+        seed: cfg.seed,
+    };
+    let per_epoch = loader.batches(data.train.len());
+    let total_steps = cfg
+        .max_steps
+        .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
+    let settings = TrainSettings {
+        epochs: cfg.epochs,
+        max_steps: cfg.max_steps,
+        loader,
+        adamw: AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+        schedule: Schedule {
+            total_steps,
+            ..Schedule::constant(cfg.lr)
+        },
+        grad_clip: cfg.grad_clip,
+        clip_after_warmup: false,
+        grad_accum: 1,
+        no_decay_bias_norm: false,
+    };
+    let n_layers = model_cfg.n_layers;
+    let mut trainer = Trainer::partly_frozen(
+        &model_cfg,
+        Weights::new(tensors, "the model being fine-tuned"),
+        cfg.lora.as_ref(),
+        &|name| cfg.trainable.selects(name, n_layers),
+        settings,
+    )?;
+    obs.info(&RunInfo {
+        labels: data.labels.clone(),
+        train: data.train.len(),
+        val: data.val.len(),
+        test: data.test.len(),
+        max_length: data.spec.max_length,
+        truncated: data.train.truncated + data.val.truncated + data.test.truncated,
+        trainable_params: trainer.trainable_params(),
+        total_params,
+    });
+    let mut state = RunState {
+        version: 1,
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        tokens_seen: 0,
+        adam_step: 0,
+        best_val_loss: None,
+        best_step: None,
+        val_loss: None,
+        best_val_accuracy: None,
+    };
+    if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
+        state = checkpoint::load(latest, &mut trainer)?;
+    }
+    let mut metrics = Metrics::open(run_dir.join("metrics.jsonl"), state.step)?;
+    obs.start(
+        total_steps,
+        state.step,
+        data.train.tokens(),
+        data.val.tokens(),
+    );
+    let spec = &data.spec;
+    let save_model = |t: &Trainer, dir: &Path| -> Result<()> {
+        match &cfg.lora {
+            None => modeldir::save_with(dir, &model_cfg, &t.weights(), &tok, Some(spec)),
+            Some(l) => {
+                let (plain_cfg, merged) = lora::merge(&model_cfg, &t.weights(), l)?;
+                modeldir::save_with(dir, &plain_cfg, &merged, &tok, Some(spec))
+            }
+        }
+    };
+    let mut position = (state.epoch, state.batch);
+    loop {
+        let mut failure: Option<ModelError> = None;
+        let mut stop = false;
+        let mut due = false;
+        let train = &data.train;
+        position = trainer.run_examples(
+            train.len(),
+            position,
+            &mut |m, idx, rng| {
+                let (ids, lengths, targets) = batch(spec, train, idx, m.device())?;
+                let logits = class_logits(m, spec, &ids, &lengths, Some(rng))?;
+                let loss =
+                    crate::loss::cross_entropy(&logits, &targets, crate::loss::IGNORE_INDEX)?;
+                Ok((loss, lengths.iter().sum::<usize>() as u64))
+            },
+            &mut |t, r| {
+                if !(r.train_loss.is_finite() && r.grad_norm.is_finite()) {
+                    failure = Some(ModelError::Config(format!(
+                        "step {}: the loss ({}) or gradient norm ({}) is not finite; stopping. Resume from the last checkpoint in {} with a lower --lr",
+                        r.step, r.train_loss, r.grad_norm, ckpt_dir.display()
+                    )));
+                    return Ok(false);
+                }
+                metrics.write(serde_json::json!({"step": r.step, "epoch": r.epoch, "train_loss": r.train_loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens_seen": r.tokens_seen}))?;
+                obs.step(r);
+                let last = r.step + 1 == total_steps;
+                let epoch_end = per_epoch > 0 && (r.step + 1) % per_epoch == 0;
+                if (cfg.eval_every > 0 && (r.step + 1) % cfg.eval_every == 0) || epoch_end || last {
+                    let (train_loss, train_acc) =
+                        evaluate(&t.model, spec, train, cfg.batch_size, cfg.eval_batches)?;
+                    let (val_loss, val_acc) =
+                        evaluate(&t.model, spec, &data.val, cfg.batch_size, cfg.eval_batches)?;
+                    let e = EvalRecord {
+                        step: r.step,
+                        tokens_seen: r.tokens_seen,
+                        train_loss,
+                        val_loss,
+                        train_accuracy: Some(train_acc),
+                        val_accuracy: Some(val_acc),
+                    };
+                    metrics.write(serde_json::json!({"step": e.step, "epoch": r.epoch, "tokens_seen": e.tokens_seen, "train_loss_eval": train_loss, "val_loss": val_loss, "train_accuracy": train_acc, "val_accuracy": val_acc}))?;
+                    atomic_write(&run_dir.join("loss.svg"), chart_svg(&metrics.points("train_loss_eval", "val_loss"), "loss").as_bytes())?;
+                    atomic_write(&run_dir.join("accuracy.svg"), chart_svg(&metrics.points("train_accuracy", "val_accuracy"), "accuracy").as_bytes())?;
+                    obs.eval(&e);
+                    state.val_loss = Some(val_loss);
+                    // Best by validation accuracy; among equals, by validation loss.
+                    let better = state.best_val_accuracy.is_none_or(|a| val_acc > a)
+                        || (state.best_val_accuracy == Some(val_acc)
+                            && state.best_val_loss.is_none_or(|b| val_loss < b));
+                    if !data.val.is_empty() && better {
+                        state.best_val_accuracy = Some(val_acc);
+                        state.best_val_loss = Some(val_loss);
+                        state.best_step = Some(r.step + 1);
+                        save_model(t, &run_dir.join("best"))?;
+                    }
+                }
+                stop = obs.stop_requested();
+                due = cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0;
+                Ok(!stop && !due)
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        state = RunState {
+            step: trainer.step,
+            epoch: position.0,
+            batch: position.1,
+            tokens_seen: trainer.tokens_seen,
+            adam_step: trainer.opt.step,
+            ..state
+        };
+        let saved = checkpoint::save(&ckpt_dir, &trainer, &state)?;
+        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1))?;
+        obs.checkpoint(&saved);
+        let finished = !stop && !due || trainer.step >= total_steps;
+        if stop && !finished {
+            return Ok((Ending::Stopped { checkpoint: saved }, None));
+        }
+        if !finished {
+            continue;
+        }
+        let eval = |d: &Encoded| evaluate(&trainer.model, spec, d, cfg.batch_size, None);
+        let (train_loss, train_accuracy) = eval(&data.train)?;
+        let (val_loss, val_accuracy) = eval(&data.val)?;
+        let (test_loss, test_accuracy) = eval(&data.test)?;
+        let model_dir = run_dir.join("model");
+        match &cfg.lora {
+            Some(l) => {
+                // The adapters and everything that is not the base's (the new head) on their own.
+                let own: HashMap<String, Tensor> = trainer
+                    .weights()
+                    .into_iter()
+                    .filter(|(n, _)| n.starts_with("out_head.") || !base_tensors.contains_key(n))
+                    .collect();
+                let base_path = if cfg.model_config.is_some()
+                    || (GptConfig::preset(&cfg.model).is_some() && !Path::new(&cfg.model).exists())
+                {
+                    // A random base cannot be found again by path: keep it beside the adapter.
+                    let base_dir = run_dir.join("base");
+                    modeldir::save(&base_dir, &base_cfg, &base_tensors, &tok)?;
+                    base_dir
+                } else {
+                    PathBuf::from(&cfg.model)
+                };
+                modeldir::save_adapter(
+                    &run_dir.join("adapter"),
+                    &base_path,
+                    &model_cfg,
+                    l,
+                    &own,
+                    &tok,
+                    Some(spec),
+                )?;
+                if cfg.merge {
+                    save_model(&trainer, &model_dir)?;
+                }
+            }
+            None => save_model(&trainer, &model_dir)?,
+        }
+        let results = Results {
+            labels: data.labels.clone(),
+            train_examples: data.train.len(),
+            val_examples: data.val.len(),
+            test_examples: data.test.len(),
+            max_length: spec.max_length,
+            trainable_params: trainer.trainable_params(),
+            total_params,
+            train_loss,
+            val_loss,
+            test_loss,
+            train_accuracy,
+            val_accuracy,
+            test_accuracy,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        write_json(&run_dir.join("results.json"), &results)?;
+        let out = if cfg.lora.is_some() && !cfg.merge {
+            run_dir.join("adapter")
+        } else {
+            model_dir
+        };
+        return Ok((Ending::Finished { model_dir: out }, Some(results)));
+    }
+}
