@@ -2,14 +2,25 @@
 # The test command: builds everything and runs every test of the workspace.
 #
 # It first makes target/pyenv, a Python with the reference libraries (tiktoken, tokenizers) that the
-# differential tests run against, then runs `cargo test`. Reference data is read from
+# differential tests run against and the clients the server's tests drive (openai, selenium), and
+# installs Debian's chromium and chromium-driver for the chat page's browser test when they are
+# missing and this user may install packages. Then it runs `cargo test`. Reference data is read from
 # $SCRATCHLLM_SHARED, else ../shared beside the checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/pyenv
-if ! "$venv/bin/python" -c "import tiktoken, tokenizers" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import tiktoken, tokenizers, openai, selenium" 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/requirements-test.txt
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    if command -v apt-get >/dev/null && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+        echo "installing chromium and chromium-driver for the chat page test" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
 fi
 export SCRATCHLLM_PYTHON="$PWD/$venv/bin/python"
 cargo test --workspace --locked "$@"

@@ -8,6 +8,7 @@ mod data;
 mod finetune;
 mod model;
 mod pretrain;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,8 @@ enum Command {
     Finetune(finetune::FinetuneCommand),
     /// Label texts with a fine-tuned classifier (arguments, or one text per line of stdin).
     Classify(finetune::PredictArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API, with a chat page at /.
+    Serve(serve::ServeArgs),
     /// Data sets and pretrained weights: list and download them.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Finetune(c) => finetune::run(c),
         Command::Classify(a) => finetune::predict_run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
     };

@@ -5,7 +5,7 @@
 //! only the new token; once the sequence outgrows the context, positions shift, so the window is
 //! recomputed from scratch each step, which gives exactly the ids of the uncached loop.
 use crate::error::{ModelError, Result};
-use crate::gpt::Gpt;
+use crate::gpt::{Gpt, KvCache};
 use candle_core::{IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 
@@ -128,41 +128,84 @@ pub fn generate(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> Result<bool>,
 ) -> Result<Vec<u32>> {
-    opts.validate()?;
-    if prompt.is_empty() {
-        return Err(ModelError::Generation(
-            "the prompt is empty; give at least one token".into(),
-        ));
-    }
-    let ctx = model.config().context_length;
-    let vocab = model.config().vocab_size as u32;
-    if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
-        return Err(ModelError::Generation(format!(
-            "prompt token id {bad} is outside the model's vocabulary of {vocab}"
-        )));
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut ids = prompt.to_vec();
-    let mut cache = model.new_cache();
+    let mut g = Generation::new(model, prompt, opts)?;
     let mut new = Vec::with_capacity(opts.max_new_tokens);
-    for _ in 0..opts.max_new_tokens {
-        let window = &ids[ids.len().saturating_sub(ctx)..];
-        let logits = if !opts.use_cache {
-            last_logits(&model.forward(&row(window, model)?, None)?)?
-        } else if cache.is_empty() || cache.len() + 1 > ctx || ids.len() > ctx {
-            cache = model.new_cache();
-            last_logits(&model.forward_cached(&row(window, model)?, &mut cache)?)?
-        } else {
-            last_logits(&model.forward_cached(&row(&ids[ids.len() - 1..], model)?, &mut cache)?)?
-        };
-        let next = pick(&logits, opts, &mut rng);
-        ids.push(next);
+    while let Some(next) = g.next_token()? {
         new.push(next);
-        if !on_token(next)? || Some(next) == opts.stop_id {
+        if !on_token(next)? {
             break;
         }
     }
     Ok(new)
+}
+
+/// A generation in progress, one token per [`Generation::next_token`] call (a server interleaves
+/// several of these).
+pub struct Generation<'m> {
+    model: &'m Gpt,
+    opts: GenerateOptions,
+    rng: rand::rngs::StdRng,
+    ids: Vec<u32>,
+    cache: KvCache,
+    produced: usize,
+    done: bool,
+}
+
+impl<'m> Generation<'m> {
+    /// Checks the settings and the prompt; nothing is computed yet.
+    pub fn new(model: &'m Gpt, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        opts.validate()?;
+        if prompt.is_empty() {
+            return Err(ModelError::Generation(
+                "the prompt is empty; give at least one token".into(),
+            ));
+        }
+        let vocab = model.config().vocab_size as u32;
+        if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
+            return Err(ModelError::Generation(format!(
+                "prompt token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
+        }
+        Ok(Generation {
+            model,
+            opts: opts.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
+            ids: prompt.to_vec(),
+            cache: model.new_cache(),
+            produced: 0,
+            done: false,
+        })
+    }
+
+    /// The next token, or `None` once `max_new_tokens` are out or the stop id was emitted.
+    pub fn next_token(&mut self) -> Result<Option<u32>> {
+        if self.done || self.produced >= self.opts.max_new_tokens {
+            return Ok(None);
+        }
+        let (model, ids) = (self.model, &self.ids);
+        let ctx = model.config().context_length;
+        let window = &ids[ids.len().saturating_sub(ctx)..];
+        let logits = if !self.opts.use_cache {
+            last_logits(&model.forward(&row(window, model)?, None)?)?
+        } else if self.cache.is_empty() || self.cache.len() + 1 > ctx || ids.len() > ctx {
+            self.cache = model.new_cache();
+            last_logits(&model.forward_cached(&row(window, model)?, &mut self.cache)?)?
+        } else {
+            last_logits(
+                &model.forward_cached(&row(&ids[ids.len() - 1..], model)?, &mut self.cache)?,
+            )?
+        };
+        let next = pick(&logits, &self.opts, &mut self.rng);
+        self.ids.push(next);
+        self.produced += 1;
+        self.done = Some(next) == self.opts.stop_id;
+        Ok(Some(next))
+    }
+
+    /// Tokens generated so far.
+    pub fn produced(&self) -> usize {
+        self.produced
+    }
 }
 
 fn row(ids: &[u32], model: &Gpt) -> Result<Tensor> {

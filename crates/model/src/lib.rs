@@ -8,14 +8,16 @@ pub mod generate;
 mod gpt;
 pub mod lora;
 pub mod modeldir;
+pub mod prompt;
 pub mod tf;
 pub mod weights;
 
 pub use classifier::{ClassifierSpec, TokenPosition};
 pub use config::{GptConfig, PRESETS};
 pub use error::{ModelError, Result};
-pub use generate::{generate, GenerateOptions};
+pub use generate::{generate, GenerateOptions, Generation};
 pub use gpt::{DropoutRng, Gpt, KvCache, LayerNorm, Lin};
 pub use lora::LoraSpec;
 pub use modeldir::{Layout, ModelFiles};
+pub use prompt::PromptStyle;
 pub use weights::Weights;

@@ -1,0 +1,631 @@
+//! `scratchllm serve` as a client sees it: the fixture model's greedy completion over HTTP, streamed
+//! chat, stop sequences, limits, a malformed-request suite, concurrency, disconnects, and the real
+//! `openai` Python client and the chat page in headless Chromium (when the test Python has them).
+use scratchllm_testutil::shared;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running server; killed on drop. Its standard error is collected in `log`.
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(model: &std::path::Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(model)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("listening on http://") {
+                    let port = rest.split(' ').next().unwrap().rsplit(':').next().unwrap();
+                    let _ = tx.send(port.parse::<u16>().unwrap());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server did not start");
+        let server = Server { child, port, log };
+        let t = Instant::now();
+        while server.request("GET", "/health", b"").0 != 200 {
+            assert!(t.elapsed() < Duration::from_secs(30), "model did not load");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    }
+
+    /// One HTTP/1.1 request; returns the status and the (de-chunked) body.
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut s = self.connect();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body); // a server may refuse a huge body before reading it all
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        parse_response(&raw)
+    }
+
+    fn json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, bytes) = self.request("POST", path, body.to_string().as_bytes());
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no HTTP header");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+fn fixture_model() -> Option<std::path::PathBuf> {
+    shared("fixtures/gpt2-tiny/hf")
+}
+
+#[test]
+fn completions_chat_and_streams_are_openais_shapes() {
+    let (Some(model), Some(expected)) = (
+        fixture_model(),
+        scratchllm_testutil::shared_json("fixtures/gpt2-tiny/expected.json"),
+    ) else {
+        return;
+    };
+    let server = Server::start(&model, &["--name", "tiny"]);
+    let (_, models) = {
+        let (s, b) = server.request("GET", "/v1/models", b"");
+        (s, serde_json::from_slice::<Value>(&b).unwrap())
+    };
+    assert_eq!(models["data"][0]["id"], "tiny");
+
+    // Greedy decoding over HTTP gives transformers' greedy continuation of the fixture.
+    let p = &expected["prompts"][0];
+    let want_ids = scratchllm_testutil::json_ids(&p["greedy_ids"]);
+    let (status, r) = server.json(
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": p["text"], "max_tokens": want_ids.len(), "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["choices"][0]["text"], p["greedy_text"]);
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(r["usage"]["completion_tokens"], want_ids.len());
+    assert_eq!(r["usage"]["prompt_tokens"], 4);
+
+    // Token ids as the prompt, and a stop sequence that cuts the answer before it.
+    let ids = scratchllm_testutil::json_ids(&p["input_ids"]);
+    let (_, r) = server.json(
+        "/v1/completions",
+        &json!({"prompt": ids, "max_tokens": 20, "temperature": 0, "stop": [" Detect"]}),
+    );
+    assert_eq!(r["choices"][0]["text"], "oca");
+    assert_eq!(r["choices"][0]["finish_reason"], "stop");
+
+    // Sampled with a seed: the same answer twice, and the stream carries exactly it.
+    let req = json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}],
+                     "max_tokens": 12, "temperature": 0.8, "top_k": 20, "top_p": 0.95, "seed": 7});
+    let (status, a) = server.json("/v1/chat/completions", &req);
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = server.json("/v1/chat/completions", &req);
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+    assert_eq!(a["choices"][0]["message"]["role"], "assistant");
+    let mut streamed = req.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = server.request(
+        "POST",
+        "/v1/chat/completions",
+        streamed.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let events = sse_data(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        text,
+        a["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        a["choices"][0]["finish_reason"]
+    );
+
+    // Completions stream too.
+    let (_, body) = server.request(
+        "POST",
+        "/v1/completions",
+        json!({"prompt": p["text"], "max_tokens": 5, "temperature": 0, "stream": true})
+            .to_string()
+            .as_bytes(),
+    );
+    let events = sse_data(&body);
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(text, "oca Detect Detect Detect Detect");
+
+    // Classification is for classifiers.
+    let (status, r) = server.json("/v1/classify", &json!({"input": "hello"}));
+    assert_eq!(status, 400);
+    assert!(r["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not a classifier"));
+    // The page is served by the binary.
+    let (status, page) = server.request("GET", "/", b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("/v1/chat/completions"));
+    let log = server.log();
+    assert!(log.contains("POST /v1/completions 200"), "{log}");
+}
+
+#[test]
+fn malformed_requests_get_openai_errors_and_no_panic() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    let server = Server::start(
+        &model,
+        &["--max-body-bytes", "4096", "--max-tokens-limit", "100"],
+    );
+    let cases: Vec<(&str, Value, u16, &str, &str)> = vec![
+        (
+            "/v1/completions",
+            json!({}),
+            400,
+            "prompt",
+            "prompt must be a string",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": 12}),
+            400,
+            "prompt",
+            "prompt must be a string",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ""}),
+            400,
+            "prompt",
+            "empty prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ["a", "b"]}),
+            400,
+            "prompt",
+            "one prompt per request",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [1, 99999999]}),
+            400,
+            "prompt",
+            "outside the vocabulary",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": "ten"}),
+            400,
+            "max_tokens",
+            "must be an integer",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": -5}),
+            400,
+            "max_tokens",
+            "from 1 to 100",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 1e300}),
+            400,
+            "max_tokens",
+            "from 1 to 100",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 101}),
+            400,
+            "max_tokens",
+            "from 1 to 100",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "temperature": -1}),
+            400,
+            "temperature",
+            "between 0 and 2",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "temperature": "hot"}),
+            400,
+            "temperature",
+            "must be a number",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "top_p": 0}),
+            400,
+            "top_p",
+            "greater than 0",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "top_p": 1.5}),
+            400,
+            "top_p",
+            "between 0 and 1",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "top_k": 0}),
+            400,
+            "top_k",
+            "from 1",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "seed": 1.5}),
+            400,
+            "seed",
+            "must be an integer",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "seed": "x"}),
+            400,
+            "seed",
+            "must be an integer",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "stop": 3}),
+            400,
+            "stop",
+            "up to 4 strings",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}),
+            400,
+            "stop",
+            "up to 4 strings",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "n": 3}),
+            400,
+            "n",
+            "n = 1",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "stream": "yes"}),
+            400,
+            "stream",
+            "true or false",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "model": "gpt-4"}),
+            404,
+            "model",
+            "does not exist",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "word ".repeat(300)}),
+            400,
+            "prompt",
+            "maximum context length is 256",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"prompt": "hi"}),
+            400,
+            "messages",
+            "non-empty list",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": []}),
+            400,
+            "messages",
+            "messages is empty",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "wizard", "content": "x"}]}),
+            400,
+            "messages[0]",
+            "not system, user or assistant",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"content": "x"}]}),
+            400,
+            "messages[0]",
+            "needs a role",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            400,
+            "messages[0]",
+            "must be a string",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": [{"type": "image"}]}]}),
+            400,
+            "messages[0]",
+            "content parts",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "word ".repeat(300)}]}),
+            400,
+            "messages",
+            "context length",
+        ),
+    ];
+    for (path, body, status, param, message) in cases {
+        let (s, r) = server.json(path, &body);
+        assert_eq!(s, status, "{body}: {r}");
+        let e = &r["error"];
+        assert_eq!(e["param"], param, "{body}: {r}");
+        assert!(
+            e["message"].as_str().unwrap().contains(message),
+            "{body}: {r}"
+        );
+        assert_eq!(e["type"], "invalid_request_error");
+    }
+    let (_, r) = server.json("/v1/completions", &json!({"prompt": "word ".repeat(300)}));
+    assert_eq!(r["error"]["code"], "context_length_exceeded");
+    for (raw, message) in [
+        (&b"{\"prompt\": \"\xff\xfe\"}"[..], "not valid UTF-8"),
+        (b"{\"prompt\": ", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"", "not valid JSON"),
+    ] {
+        let (s, b) = server.request("POST", "/v1/completions", raw);
+        let r: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(s, 400, "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(message),
+            "{r}"
+        );
+    }
+    let (s, b) = server.request("POST", "/v1/completions", &vec![b' '; 10_000]);
+    assert_eq!(s, 413);
+    let r: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(r["error"]["code"], "request_too_large");
+    let (s, _) = server.request("GET", "/v2/anything", b"");
+    assert_eq!(s, 404);
+    // After all of it, the server still answers.
+    let (s, r) = server.json("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}));
+    assert_eq!(s, 200, "{r}");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+#[test]
+fn concurrent_clients_a_full_queue_and_disconnects() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    // Four clients at once all get whole answers, interleaved.
+    let server = Arc::new(Server::start(&model, &[]));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let s = server.clone();
+            std::thread::spawn(move || {
+                s.json(
+                    "/v1/completions",
+                    &json!({"prompt": format!("Client {i} says"), "max_tokens": 30, "seed": i}),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, r) = h.join().unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert!(r["usage"]["completion_tokens"].as_u64().unwrap() <= 30);
+    }
+    drop(server);
+
+    // One at a time and a queue of one: a third simultaneous request is turned away with 503.
+    let server = Arc::new(Server::start(
+        &model,
+        &["--max-active", "1", "--max-queue", "1"],
+    ));
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let s = server.clone();
+            std::thread::spawn(move || {
+                s.json(
+                    "/v1/completions",
+                    &json!({"prompt": "Once", "max_tokens": 250, "temperature": 0}),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let busy: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, r)| r)
+        .collect();
+    assert!(!busy.is_empty(), "{results:?}");
+    assert!(results.iter().all(|(s, _)| *s == 200 || *s == 503));
+    assert_eq!(busy[0]["error"]["code"], "queue_full");
+
+    // A client that leaves mid-stream: its generation is dropped, the next request is served.
+    let mut s = server.connect();
+    let body =
+        json!({"prompt": "Once", "max_tokens": 250, "stream": true, "temperature": 0}).to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    s.read_exact(&mut first).unwrap();
+    drop(s);
+    let (status, _) = server.json("/v1/completions", &json!({"prompt": "hi", "max_tokens": 3}));
+    assert_eq!(status, 200);
+    let t = Instant::now();
+    while !server.log().contains("client disconnected") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a Python check script from `scripts/` against a server, when the test Python has what it
+/// needs (`scripts/test.sh` installs it; skipped otherwise, but required under CI=true).
+fn python_check(script: &str, modules: &str, args: &[&str]) -> Option<String> {
+    let python = std::env::var("SCRATCHLLM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        let msg = format!("{python} lacks {modules}; run scripts/test.sh");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
+    let out = Command::new(&python).arg(path).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    Some(text)
+}
+
+#[test]
+fn the_openai_python_client_works_against_the_server() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    let server = Server::start(&model, &["--name", "tiny"]);
+    let url = format!("http://127.0.0.1:{}/v1", server.port);
+    if let Some(out) = python_check("check_openai_client.py", "openai", &[&url]) {
+        assert!(out.contains("openai client: ok"), "{out}");
+    }
+}
+
+#[test]
+fn the_chat_page_streams_an_answer_in_headless_chromium() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    let server = Server::start(&model, &[]);
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts/chat-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    if let Some(out) = python_check(
+        "check_chat_page.py",
+        "selenium",
+        &[&url, shot.to_str().unwrap()],
+    ) {
+        assert!(out.contains("chat page: ok"), "{out}");
+        assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    }
+}

@@ -1,0 +1,206 @@
+//! The model worker: one thread owns the model and serves a bounded queue of jobs. Generations are
+//! interleaved token by token (round robin over up to `max_active` of them), so every client sees
+//! tokens as soon as its turn comes and a long answer does not hold the others back; a generation
+//! whose client has gone away is dropped at its next turn.
+use crate::stop::StopFilter;
+use scratchllm_model::classifier::{predict, ClassifierSpec, Prediction};
+use scratchllm_model::{GenerateOptions, Generation, Gpt, GptConfig, PromptStyle};
+use scratchllm_tokenizer::{StreamDecoder, Tokenizer, ENDOFTEXT};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the model does.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// A language model; chat messages are formatted in this style.
+    Lm {
+        style: PromptStyle,
+    },
+    Classifier(ClassifierSpec),
+}
+
+/// Why a generation ended (OpenAI's `finish_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// What a generation sends back, in order: text pieces, then one `Done` or `Error`.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done {
+        finish: Finish,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
+
+/// Work for the model thread.
+pub enum Job {
+    Generate {
+        prompt: Vec<u32>,
+        opts: GenerateOptions,
+        stops: Vec<String>,
+        events: mpsc::UnboundedSender<Event>,
+    },
+    Classify {
+        texts: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<Prediction>, String>>,
+    },
+}
+
+/// A loaded model behind its queue.
+pub struct Engine {
+    pub name: String,
+    pub config: GptConfig,
+    pub tokenizer: Arc<Tokenizer>,
+    pub kind: Kind,
+    pub eos: Option<u32>,
+    pub jobs: mpsc::Sender<Job>,
+}
+
+/// One generation being served.
+struct Active<'m> {
+    generation: Generation<'m>,
+    decoder: StreamDecoder<'m>,
+    filter: StopFilter,
+    events: mpsc::UnboundedSender<Event>,
+    stop_id: Option<u32>,
+}
+
+impl Active<'_> {
+    /// Produces one token; `false` when this generation is over.
+    fn step(&mut self) -> bool {
+        if self.events.is_closed() {
+            eprintln!(
+                "generation dropped after {} tokens: the client disconnected",
+                self.generation.produced()
+            );
+            return false;
+        }
+        let next = match catch_unwind(AssertUnwindSafe(|| self.generation.next_token())) {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => return self.fail(e.to_string()),
+            Err(_) => return self.fail("internal error while generating".into()),
+        };
+        let finish = match next {
+            Some(id) if Some(id) == self.stop_id => Some(Finish::Stop),
+            Some(id) => {
+                let text = match self.decoder.push(id) {
+                    Ok(t) => t,
+                    Err(e) => return self.fail(e.to_string()),
+                };
+                let (out, stopped) = self.filter.push(&text);
+                self.send_text(out);
+                stopped.then_some(Finish::Stop)
+            }
+            None => {
+                let tail = self.decoder.finish();
+                let (out, stopped) = self.filter.push(&tail);
+                self.send_text(out);
+                if !stopped {
+                    let rest = self.filter.finish();
+                    self.send_text(rest);
+                }
+                Some(if stopped {
+                    Finish::Stop
+                } else {
+                    Finish::Length
+                })
+            }
+        };
+        match finish {
+            Some(finish) => {
+                let _ = self.events.send(Event::Done {
+                    finish,
+                    completion_tokens: self.generation.produced(),
+                });
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(Event::Text(text));
+        }
+    }
+
+    fn fail(&self, message: String) -> bool {
+        let _ = self.events.send(Event::Error(message));
+        false
+    }
+}
+
+/// Runs the model thread until every sender of `jobs` is gone.
+pub fn work(
+    model: Gpt,
+    tok: Arc<Tokenizer>,
+    kind: Kind,
+    mut jobs: mpsc::Receiver<Job>,
+    max_active: usize,
+) {
+    let eos = tok.special_id(ENDOFTEXT);
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        while active.len() < max_active.max(1) {
+            let job = if active.is_empty() {
+                match jobs.blocking_recv() {
+                    Some(j) => j,
+                    None => return,
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            };
+            match job {
+                Job::Generate {
+                    prompt,
+                    opts,
+                    stops,
+                    events,
+                } => match Generation::new(&model, &prompt, &opts) {
+                    Ok(generation) => active.push(Active {
+                        generation,
+                        decoder: StreamDecoder::new(&tok),
+                        filter: StopFilter::new(stops),
+                        events,
+                        stop_id: eos,
+                    }),
+                    Err(e) => {
+                        let _ = events.send(Event::Error(e.to_string()));
+                    }
+                },
+                Job::Classify { texts, reply } => {
+                    let result = match &kind {
+                        Kind::Classifier(spec) => {
+                            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                            catch_unwind(AssertUnwindSafe(|| {
+                                predict(&model, spec, &tok, &refs, 16).map_err(|e| e.to_string())
+                            }))
+                            .unwrap_or_else(|_| Err("internal error while classifying".into()))
+                        }
+                        Kind::Lm { .. } => Err("this model is not a classifier".into()),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        active.retain_mut(|a| a.step());
+    }
+}

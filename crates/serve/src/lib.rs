@@ -1,0 +1,657 @@
+//! `scratchllm serve`: an OpenAI-compatible HTTP API over one model, and a chat page.
+//!
+//! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream: true` as
+//! server-sent events ending in `data: [DONE]`), `GET /v1/models`, `GET /health` (503 while the
+//! model loads), `POST /v1/classify` (classifier models), and `GET /` (the chat page, built into the
+//! binary). The socket is bound first and the model loads behind it; requests go through a bounded
+//! queue to the model thread ([`engine`]). Limits: body size (413), `max_tokens`, prompt length
+//! (`context_length_exceeded`), queue length (503).
+pub mod api;
+pub mod engine;
+pub mod stop;
+
+use api::{parse_body, ApiError, Fields};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use engine::{Engine, Event, Finish, Job, Kind};
+use scratchllm_model::classifier::ClassifierSpec;
+use scratchllm_model::{modeldir, GenerateOptions, Gpt, PromptStyle};
+use scratchllm_tokenizer::SpecialMode;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub model: PathBuf,
+    pub host: String,
+    pub port: u16,
+    /// The model's id in requests and `/v1/models` (default: the directory's name).
+    pub name: Option<String>,
+    /// How chat messages become a prompt (default: the model's own style, else Alpaca).
+    pub prompt_style: Option<PromptStyle>,
+    pub max_body_bytes: usize,
+    /// The largest `max_tokens` a request may ask for.
+    pub max_tokens_limit: usize,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+    /// Requests waiting for the model beyond those being served; more get 503.
+    pub max_queue: usize,
+    /// Generations interleaved at once.
+    pub max_active: usize,
+}
+
+impl ServeOptions {
+    pub fn new(model: PathBuf) -> Self {
+        ServeOptions {
+            model,
+            host: "127.0.0.1".into(),
+            port: 8080,
+            name: None,
+            prompt_style: None,
+            max_body_bytes: 1 << 20,
+            max_tokens_limit: 4096,
+            default_max_tokens: 256,
+            max_queue: 32,
+            max_active: 4,
+        }
+    }
+}
+
+struct AppState {
+    engine: OnceLock<Engine>,
+    opts: ServeOptions,
+    ids: AtomicU64,
+}
+
+impl AppState {
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "model_loading",
+                "the model is still loading; try again in a moment",
+            )
+        })
+    }
+
+    fn id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{:x}{:04x}",
+            now(),
+            self.ids.fetch_add(1, Ordering::Relaxed) & 0xffff
+        )
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Binds, loads the model behind the socket, and serves until Ctrl-C.
+pub fn run(opts: ServeOptions) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime.block_on(serve(opts))
+}
+
+async fn serve(opts: ServeOptions) -> Result<(), String> {
+    let addr = format!("{}:{}", opts.host, opts.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    eprintln!(
+        "listening on http://{local} (loading {})",
+        opts.model.display()
+    );
+    let state = Arc::new(AppState {
+        engine: OnceLock::new(),
+        opts: opts.clone(),
+        ids: AtomicU64::new(0),
+    });
+    let loader = state.clone();
+    std::thread::Builder::new()
+        .name("model".into())
+        .spawn(move || load_and_work(loader))
+        .map_err(|e| format!("starting the model thread: {e}"))?;
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/classify", post(classify))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("shutting down");
+        })
+        .await
+        .map_err(|e| format!("serving: {e}"))
+}
+
+/// Loads the model, publishes it, and becomes the model thread.
+fn load_and_work(state: Arc<AppState>) {
+    let started = Instant::now();
+    let opts = &state.opts;
+    let files = match modeldir::load(&opts.model, &candle_core::Device::Cpu) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: loading {}: {e}", opts.model.display());
+            std::process::exit(1);
+        }
+    };
+    let model = match Gpt::new(&files.config, &files.weights) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!(
+                "error: building the model from {}: {e}",
+                opts.model.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    let kind = match (files.config.num_classes, files.classifier.clone()) {
+        (Some(n), spec) => Kind::Classifier(spec.unwrap_or_else(|| {
+            ClassifierSpec {
+                labels: (0..n).map(|c| c.to_string()).collect(),
+                token_position: scratchllm_model::TokenPosition::Last,
+                average_embeddings: false,
+                max_length: files.config.context_length,
+                pad_id: files
+                    .tokenizer
+                    .special_id(scratchllm_tokenizer::ENDOFTEXT)
+                    .unwrap_or(0),
+            }
+        })),
+        (None, _) => Kind::Lm {
+            style: opts.prompt_style.unwrap_or(PromptStyle::Alpaca),
+        },
+    };
+    let name = opts.name.clone().unwrap_or_else(|| {
+        let p = std::fs::canonicalize(&opts.model).unwrap_or_else(|_| opts.model.clone());
+        p.file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let tokenizer = Arc::new(files.tokenizer);
+    let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+    let engine = Engine {
+        name: name.clone(),
+        eos: tokenizer.special_id(scratchllm_tokenizer::ENDOFTEXT),
+        config: files.config,
+        tokenizer: tokenizer.clone(),
+        kind: kind.clone(),
+        jobs: tx,
+    };
+    let _ = state.engine.set(engine);
+    eprintln!(
+        "model {name:?} ready in {:.2} s ({})",
+        started.elapsed().as_secs_f64(),
+        match &kind {
+            Kind::Lm { style } => format!("language model, {} prompts", style.name()),
+            Kind::Classifier(s) => format!("classifier: {}", s.labels.join(", ")),
+        }
+    );
+    engine::work(model, tokenizer, kind, rx, opts.max_active);
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    eprintln!(
+        "{method} {path} {} {:.1} ms",
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    response
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        format!("no endpoint {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    match s.engine.get() {
+        Some(e) => Json(json!({"status": "ok", "model": e.name})).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let e = s.engine()?;
+    Ok(Json(json!({"object": "list", "data": [{
+        "id": e.name, "object": "model", "created": now(), "owned_by": "scratchllm",
+        "context_length": e.config.context_length,
+        "kind": match e.kind { Kind::Lm { .. } => "language-model", Kind::Classifier(_) => "classifier" },
+    }]})))
+}
+
+/// The body of a POST as a JSON object, with the body-size limit's 413 as an OpenAI error.
+fn body_object(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|rej| {
+        let status = rej.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "request_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::status(status, "invalid_request_error", code, rej.body_text())
+    })?;
+    parse_body(&bytes)
+}
+
+/// Checks `model` and `n`, the fields every generation request shares.
+fn check_common(f: &Fields, e: &Engine) -> Result<(), ApiError> {
+    if let Some(m) = f.string("model")? {
+        if m != e.name {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                ..ApiError::bad(
+                    "model",
+                    format!(
+                        "the model {m:?} does not exist; this server has {:?}",
+                        e.name
+                    ),
+                )
+            }
+            .with_code("model_not_found"));
+        }
+    }
+    if let Some(n) = f.integer("n", 0, u64::MAX)? {
+        if n != 1 {
+            return Err(ApiError::bad(
+                "n",
+                format!("n is {n}; this server generates one choice per request (n = 1)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A generation request, checked.
+struct GenRequest {
+    prompt: Vec<u32>,
+    opts: GenerateOptions,
+    stops: Vec<String>,
+    stream: bool,
+}
+
+fn gen_request(
+    f: &Fields,
+    e: &Engine,
+    s: &ServeOptions,
+    (param, prompt): (&str, Vec<u32>),
+    extra_stops: &[&str],
+) -> Result<GenRequest, ApiError> {
+    let ctx = e.config.context_length;
+    if prompt.is_empty() {
+        return Err(ApiError::bad(
+            param,
+            format!("{param} gives an empty prompt"),
+        ));
+    }
+    if prompt.len() >= ctx {
+        return Err(ApiError::bad(
+            param,
+            format!(
+                "this model's maximum context length is {ctx} tokens, but the prompt has {} tokens (at least one must be left to generate)",
+                prompt.len()
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let limit = s.max_tokens_limit as u64;
+    let max_tokens = match f.integer("max_completion_tokens", 1, limit)? {
+        Some(n) => n,
+        None => f
+            .integer("max_tokens", 1, limit)?
+            .unwrap_or(s.default_max_tokens as u64),
+    } as usize;
+    let temperature = f.number("temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32;
+    let top_p = f.number("top_p", 0.0, 1.0)?.map(|p| p as f32);
+    if top_p == Some(0.0) {
+        return Err(ApiError::bad("top_p", "top_p must be greater than 0"));
+    }
+    let top_k = f.integer("top_k", 1, u32::MAX as u64)?.map(|k| k as usize);
+    // OpenAI's seeds may be negative: any 64-bit integer picks a stream.
+    let seed = match f.0.get("seed") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .or_else(|| n.as_i64().map(|x| x as u64))
+                .ok_or_else(|| {
+                    ApiError::bad("seed", format!("seed is {n}; it must be an integer"))
+                })?,
+        ),
+        Some(_) => return Err(ApiError::bad("seed", "seed must be an integer")),
+    };
+    let mut stops = f.stops()?;
+    stops.extend(extra_stops.iter().map(|s| s.to_string()));
+    let greedy = temperature == 0.0;
+    let opts = GenerateOptions {
+        max_new_tokens: max_tokens.min(ctx - prompt.len()),
+        temperature: (!greedy).then_some(temperature),
+        top_k: if greedy { None } else { top_k },
+        top_p: if greedy {
+            None
+        } else {
+            top_p.filter(|&p| p < 1.0)
+        },
+        seed: seed.unwrap_or_else(|| now() ^ u64::from(std::process::id()) << 32),
+        stop_id: e.eos,
+        use_cache: true,
+    };
+    Ok(GenRequest {
+        prompt,
+        opts,
+        stops,
+        stream: f.bool("stream")?,
+    })
+}
+
+fn busy() -> ApiError {
+    ApiError::status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "queue_full",
+        "the server's queue is full; try again shortly",
+    )
+}
+
+/// Queues a generation; its events arrive on the returned receiver.
+fn submit(e: &Engine, r: &GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    e.jobs
+        .try_send(Job::Generate {
+            prompt: r.prompt.clone(),
+            opts: r.opts.clone(),
+            stops: r.stops.clone(),
+            events: tx,
+        })
+        .map_err(|_| busy())?;
+    Ok(rx)
+}
+
+/// Waits for a whole generation: (text, finish, completion tokens).
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<(String, Finish, usize), ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text += &t,
+            Event::Done {
+                finish,
+                completion_tokens,
+            } => return Ok((text, finish, completion_tokens)),
+            Event::Error(m) => return Err(server_error(m)),
+        }
+    }
+    Err(server_error("the model thread stopped".into()))
+}
+
+fn server_error(message: String) -> ApiError {
+    ApiError::status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "generation_failed",
+        message,
+    )
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// Server-sent events from a generation: `chunk(text, finish)` makes each JSON chunk; the stream
+/// ends with `data: [DONE]`. When the client goes away, the relay ends and the model thread drops
+/// the generation at its next turn.
+fn sse(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    first: Option<Value>,
+    chunk: impl Fn(&str, Option<Finish>) -> Value + Send + 'static,
+) -> Response {
+    let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |v: String| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(SseEvent::default().data(v))).await.is_ok() }
+        };
+        if let Some(first) = first {
+            if !send(first.to_string()).await {
+                return;
+            }
+        }
+        while let Some(ev) = rx.recv().await {
+            let (data, last) = match ev {
+                Event::Text(t) => (chunk(&t, None).to_string(), false),
+                Event::Done { finish, .. } => (chunk("", Some(finish)).to_string(), true),
+                Event::Error(m) => (server_error(m).body().to_string(), true),
+            };
+            if !send(data).await {
+                return;
+            }
+            if last {
+                break;
+            }
+        }
+        let _ = send("[DONE]".into()).await;
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(out))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let e = s.engine()?;
+    let body = body_object(body)?;
+    let f = Fields(&body);
+    check_common(&f, e)?;
+    if let Kind::Classifier(_) = e.kind {
+        return Err(ApiError::request(
+            "this model is a classifier: use POST /v1/classify",
+        ));
+    }
+    let prompt = match body.get("prompt") {
+        Some(Value::String(p)) => e
+            .tokenizer
+            .encode(p, SpecialMode::Allow)
+            .map_err(|err| ApiError::bad("prompt", err.to_string()))?,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => e
+            .tokenizer
+            .encode(a[0].as_str().unwrap_or_default(), SpecialMode::Allow)
+            .map_err(|err| ApiError::bad("prompt", err.to_string()))?,
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
+            let vocab = e.config.vocab_size as u64;
+            a.iter()
+                .map(|v| match v.as_u64() {
+                    Some(id) if id < vocab => Ok(id as u32),
+                    _ => Err(ApiError::bad(
+                        "prompt",
+                        format!("token id {v} is outside the vocabulary of {vocab}"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Some(Value::Array(a)) if a.len() > 1 && a.iter().all(Value::is_string) => {
+            return Err(ApiError::bad(
+                "prompt",
+                "one prompt per request, please (n = 1)",
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "prompt",
+                "prompt must be a string (or a list of token ids)",
+            ))
+        }
+    };
+    let r = gen_request(&f, e, &s.opts, ("prompt", prompt), &[])?;
+    let rx = submit(e, &r)?;
+    let (id, created, model) = (s.id("cmpl"), now(), e.name.clone());
+    if r.stream {
+        return Ok(sse(rx, None, move |text, finish| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}]})
+        }));
+    }
+    let (text, finish, n) = collect(rx).await?;
+    Ok(Json(
+        json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish.as_str()}],
+        "usage": usage(r.prompt.len(), n)}),
+    )
+    .into_response())
+}
+
+async fn chat(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let e = s.engine()?;
+    let body = body_object(body)?;
+    let f = Fields(&body);
+    check_common(&f, e)?;
+    let Kind::Lm { style } = e.kind else {
+        return Err(ApiError::request(
+            "this model is a classifier: use POST /v1/classify",
+        ));
+    };
+    let messages = f.messages()?;
+    let text = style.chat(&messages);
+    let prompt = e
+        .tokenizer
+        .encode(&text, SpecialMode::AsText)
+        .map_err(|err| ApiError::bad("messages", err.to_string()))?;
+    let r = gen_request(&f, e, &s.opts, ("messages", prompt), style.turn_markers())?;
+    let rx = submit(e, &r)?;
+    let (id, created, model) = (s.id("chatcmpl"), now(), e.name.clone());
+    if r.stream {
+        let first = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
+        return Ok(sse(rx, Some(first), move |text, finish| {
+            let delta = if finish.is_some() {
+                json!({})
+            } else {
+                json!({"content": text})
+            };
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish.map(Finish::as_str)}]})
+        }));
+    }
+    let (text, finish, n) = collect(rx).await?;
+    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str()}],
+        "usage": usage(r.prompt.len(), n)}))
+    .into_response())
+}
+
+async fn classify(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let e = s.engine()?;
+    let body = body_object(body)?;
+    let f = Fields(&body);
+    check_common(&f, e)?;
+    let Kind::Classifier(spec) = &e.kind else {
+        return Err(ApiError::request(
+            "this model is a language model, not a classifier: use /v1/completions or /v1/chat/completions",
+        ));
+    };
+    let texts: Vec<String> = match body.get("input") {
+        Some(Value::String(t)) => vec![t.clone()],
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= 64 => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad(
+                        &format!("input[{i}]"),
+                        format!("input[{i}] must be a string"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::bad(
+                "input",
+                "input must be a string or a list of 1 to 64 strings",
+            ))
+        }
+    };
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad(
+            &format!("input[{i}]"),
+            format!("input[{i}] is empty"),
+        ));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    e.jobs
+        .try_send(Job::Classify { texts, reply: tx })
+        .map_err(|_| busy())?;
+    let preds = rx
+        .await
+        .map_err(|_| server_error("the model thread stopped".into()))?
+        .map_err(|m| ApiError::bad("input", m))?;
+    let data: Vec<Value> = preds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let probs: serde_json::Map<String, Value> = spec
+                .labels
+                .iter()
+                .zip(&p.probs)
+                .map(|(l, &v)| (l.clone(), json!(v)))
+                .collect();
+            json!({"index": i, "label": p.label, "probability": p.probs.get(p.class), "probabilities": probs, "truncated": p.truncated})
+        })
+        .collect();
+    Ok(Json(
+        json!({"object": "list", "model": e.name, "data": data}),
+    ))
+}

@@ -1,0 +1,42 @@
+"""The chat page of a running `scratchllm serve` in headless Chromium (Debian's chromium and
+chromium-driver, driven by Selenium): type a message, send it, wait for the streamed answer, save a
+screenshot (run by the serve tests).
+
+    python scripts/check_chat_page.py http://127.0.0.1:8080/ target/test-artifacts/chat-page.png
+Prints "chat page: ok" when the answer arrived.
+"""
+import shutil
+import sys
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+url, shot = sys.argv[1], sys.argv[2]
+options = webdriver.ChromeOptions()
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
+    options.add_argument(arg)
+options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+driver = webdriver.Chrome(options=options, service=service)
+try:
+    driver.get(url)
+    wait = WebDriverWait(driver, 30)
+    wait.until(lambda d: "context" in d.find_element(By.ID, "status").text)
+    driver.find_element(By.ID, "max_tokens").clear()
+    driver.find_element(By.ID, "max_tokens").send_keys("24")
+    box = driver.find_element(By.ID, "input")
+    box.send_keys("Every effort moves you")
+    driver.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant[data-done='true']"))
+    answer = driver.find_element(By.CSS_SELECTOR, ".assistant").text
+    user = driver.find_element(By.CSS_SELECTOR, ".user").text
+    assert user == "Every effort moves you", user
+    assert answer.strip(), "empty answer"
+    assert not driver.find_elements(By.CSS_SELECTOR, ".error"), driver.find_element(By.CSS_SELECTOR, ".error").text
+    driver.save_screenshot(shot)
+    print(f"answer: {answer!r}")
+    print("chat page: ok")
+finally:
+    driver.quit()

@@ -1,0 +1,55 @@
+"""The official `openai` Python client against a running `scratchllm serve` (run by the serve tests).
+
+    python scripts/check_openai_client.py http://127.0.0.1:8080/v1
+Prints "openai client: ok" when every check passes.
+"""
+import sys
+
+import openai
+
+client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60)
+
+models = client.models.list()
+name = models.data[0].id
+
+done = client.completions.create(model=name, prompt="Every effort moves you", max_tokens=8, temperature=0)
+assert done.choices[0].finish_reason == "length", done
+assert done.usage.completion_tokens == 8, done.usage
+assert done.choices[0].text.startswith("oca Detect"), done.choices[0].text
+
+chat = client.chat.completions.create(
+    model=name, messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, temperature=0.7, seed=3
+)
+assert chat.choices[0].message.role == "assistant"
+answer = chat.choices[0].message.content
+
+stream = client.chat.completions.create(
+    model=name, messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, temperature=0.7, seed=3, stream=True
+)
+pieces, finish = [], None
+for chunk in stream:
+    delta = chunk.choices[0].delta
+    if delta.content:
+        pieces.append(delta.content)
+    finish = chunk.choices[0].finish_reason or finish
+assert "".join(pieces) == answer, ("".join(pieces), answer)
+assert finish == chat.choices[0].finish_reason, finish
+
+for bad, status in [
+    (dict(model=name, messages=[{"role": "user", "content": "x"}], n=2), 400),
+    (dict(model="no-such-model", messages=[{"role": "user", "content": "x"}]), 404),
+    (dict(model=name, messages=[{"role": "user", "content": "word " * 400}]), 400),
+]:
+    try:
+        client.chat.completions.create(**bad)
+    except openai.APIStatusError as e:
+        assert e.status_code == status, (bad, e.status_code)
+        assert e.body["message"], e.body
+    else:
+        raise AssertionError(f"{bad} succeeded")
+try:
+    client.chat.completions.create(model=name, messages=[{"role": "user", "content": "word " * 400}])
+except openai.BadRequestError as e:
+    assert e.code == "context_length_exceeded", e.code
+
+print("openai client: ok")
