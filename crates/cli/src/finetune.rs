@@ -5,10 +5,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use scratchllm_model::classifier::{predict, ClassifierSpec, TokenPosition};
 use scratchllm_model::lora::{LoraSpec, Target};
-use scratchllm_model::GptConfig;
+use scratchllm_model::{GptConfig, PromptStyle};
 use scratchllm_train::classify::{
     finetune_classify, ClassifyConfig, ClassifyObserver, Column, RunInfo, TableFormat, Trainable,
 };
+use scratchllm_train::instruct::{finetune_instruct, InstructConfig};
 use scratchllm_train::Ending;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,182 @@ use std::path::{Path, PathBuf};
 pub enum FinetuneCommand {
     /// Fine-tune a model into a text classifier (spam or not, sentiment, topics, ...).
     Classify(Box<ClassifyArgs>),
+    /// Fine-tune a language model to follow instructions (Alpaca-style JSON).
+    Instruct(Box<InstructArgs>),
+}
+
+#[derive(Args)]
+pub struct InstructArgs {
+    /// The starting model: a model path (any layout) or a preset (random weights).
+    #[arg(long, required_unless_present_any = ["resume", "model_config"])]
+    model: Option<String>,
+    /// A JSON model configuration to start from random weights (instead of --model).
+    #[arg(long, value_name = "FILE", conflicts_with = "model")]
+    model_config: Option<PathBuf>,
+    /// A JSON list of {instruction, input, output} entries.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Run directory: config, metrics.jsonl, loss.svg, checkpoints/, model/, test-responses.json.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "data", "model"])]
+    resume: Option<PathBuf>,
+    /// Prompt template: alpaca (the book) or phi3.
+    #[arg(long, default_value = "alpaca")]
+    prompt_style: String,
+    /// Training and test fractions (the rest is validation; the book: 0.85, 0.10).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.85, 0.1])]
+    split: Vec<f64>,
+    /// Shuffle the entries (with --seed) before splitting; the book splits in file order.
+    #[arg(long)]
+    shuffle_split: bool,
+    /// Cut batches to this many tokens [default: the context length].
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Train only on the responses: the prompt's targets are ignored.
+    #[arg(long)]
+    mask_prompt: bool,
+    /// Train LoRA adapters instead of every weight.
+    #[arg(long)]
+    lora: bool,
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// Layers that get adapters: attention, ff, head (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = ["attention".to_string(), "ff".to_string()])]
+    lora_targets: Vec<String>,
+    /// With LoRA, also write model/ with the adapters merged.
+    #[arg(long)]
+    merge: bool,
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f32,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    #[arg(long, default_value_t = 5)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 5)]
+    eval_batches: usize,
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+    /// Tokens generated for each test response (0: none).
+    #[arg(long, default_value_t = 256)]
+    response_tokens: usize,
+}
+
+fn lora_spec(rank: usize, alpha: f64, targets: &[String]) -> Result<LoraSpec> {
+    let targets = targets
+        .iter()
+        .map(|t| {
+            Target::parse(t)
+                .with_context(|| format!("unknown LoRA target {t:?} (attention, ff or head)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LoraSpec {
+        rank,
+        alpha,
+        targets,
+    })
+}
+
+fn instruct_config(a: &InstructArgs) -> Result<InstructConfig> {
+    let data = a.data.clone().context("--data is required")?;
+    let &[train, test] = a.split.as_slice() else {
+        bail!(
+            "--split takes two fractions, training and test (e.g. 0.85,0.1); got {}",
+            a.split.len()
+        );
+    };
+    let style = PromptStyle::parse(&a.prompt_style)
+        .with_context(|| format!("unknown prompt style {:?} (alpaca or phi3)", a.prompt_style))?;
+    let model_config = a
+        .model_config
+        .as_deref()
+        .map(read_model_config)
+        .transpose()?;
+    let model = match (&a.model, &a.model_config) {
+        (Some(m), _) => m.clone(),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => bail!("give --model (a path or preset) or --model-config"),
+    };
+    let mut cfg = InstructConfig::book(&model, &data);
+    cfg.model_config = model_config;
+    cfg.prompt_style = style;
+    cfg.train_fraction = train;
+    cfg.test_fraction = test;
+    cfg.shuffle_split = a.shuffle_split;
+    cfg.max_length = a.max_length;
+    cfg.mask_prompt = a.mask_prompt;
+    if a.lora {
+        cfg.trainable = Trainable::Lora;
+        cfg.lora = Some(lora_spec(a.lora_rank, a.lora_alpha, &a.lora_targets)?);
+    }
+    cfg.merge = a.merge;
+    cfg.drop_rate = a.drop_rate;
+    cfg.epochs = a.epochs;
+    cfg.max_steps = a.max_steps;
+    cfg.batch_size = a.batch_size;
+    cfg.lr = a.lr;
+    cfg.weight_decay = a.weight_decay;
+    cfg.grad_clip = a.grad_clip;
+    cfg.seed = a.seed;
+    cfg.eval_every = a.eval_every;
+    cfg.eval_batches = Some(a.eval_batches);
+    cfg.checkpoint_every = a.checkpoint_every;
+    cfg.keep_checkpoints = a.keep_checkpoints;
+    cfg.response_tokens = a.response_tokens;
+    Ok(cfg)
+}
+
+fn instruct_run(a: InstructArgs) -> Result<()> {
+    let (run_dir, cfg) = match &a.resume {
+        Some(dir) => (dir.clone(), None),
+        None => (
+            a.out.clone().context("--out is required")?,
+            Some(instruct_config(&a)?),
+        ),
+    };
+    let mut term = Terminal::new()?;
+    let (ending, results) = finetune_instruct(&run_dir, cfg, &mut term)
+        .with_context(|| format!("fine-tuning in {}", run_dir.display()))?;
+    term.bar.finish_and_clear();
+    match ending {
+        Ending::Finished { model_dir } => {
+            if let Some(r) = results {
+                eprintln!(
+                    "reference responses: loss train {:.3} | validation {:.3} | test {:.3} (perplexity {:.1}); {:.0} s",
+                    r.train_loss, r.val_loss, r.test_loss, r.test_perplexity, r.seconds
+                );
+            }
+            eprintln!(
+                "done: model in {}; test responses in {}",
+                model_dir.display(),
+                run_dir.join("test-responses.json").display()
+            );
+            println!("{}", model_dir.display());
+        }
+        Ending::Stopped { checkpoint } => eprintln!(
+            "stopped: checkpoint {}; continue with `scratchllm finetune instruct --resume {}`",
+            checkpoint.display(),
+            run_dir.display()
+        ),
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,6 +312,7 @@ pub struct ClassifyArgs {
 pub fn run(c: FinetuneCommand) -> Result<()> {
     match c {
         FinetuneCommand::Classify(a) => classify_run(*a),
+        FinetuneCommand::Instruct(a) => instruct_run(*a),
     }
 }
 
@@ -182,19 +360,7 @@ fn config(a: &ClassifyArgs) -> Result<ClassifyConfig> {
         TrainableArg::Lora => Trainable::Lora,
     };
     let lora = if trainable == Trainable::Lora {
-        let targets = a
-            .lora_targets
-            .iter()
-            .map(|t| {
-                Target::parse(t)
-                    .with_context(|| format!("unknown LoRA target {t:?} (attention, ff or head)"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Some(LoraSpec {
-            rank: a.lora_rank,
-            alpha: a.lora_alpha,
-            targets,
-        })
+        Some(lora_spec(a.lora_rank, a.lora_alpha, &a.lora_targets)?)
     } else {
         None
     };
@@ -203,9 +369,9 @@ fn config(a: &ClassifyArgs) -> Result<ClassifyConfig> {
         .as_deref()
         .map(read_model_config)
         .transpose()?;
-    let model = match (&a.model, &model_config) {
+    let model = match (&a.model, &a.model_config) {
         (Some(m), _) => m.clone(),
-        (None, Some(_)) => a.model_config.as_ref().unwrap().display().to_string(),
+        (None, Some(p)) => p.display().to_string(),
         (None, None) => bail!("give --model (a path or preset) or --model-config"),
     };
     let mut cfg = ClassifyConfig::book(&model, &data);

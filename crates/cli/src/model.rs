@@ -46,7 +46,10 @@ fn merge_lora(a: MergeLoraArgs) -> Result<()> {
         &cfg,
         &tensors,
         &files.tokenizer,
-        files.classifier.as_ref(),
+        &modeldir::Meta {
+            classifier: files.classifier.clone(),
+            prompt_style: files.prompt_style,
+        },
     )?;
     eprintln!(
         "merged {n} adapter parameters (rank {}, alpha {}) into {}; wrote {}",
@@ -264,7 +267,10 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
             &files.config,
             tensors,
             &files.tokenizer,
-            files.classifier.as_ref(),
+            &modeldir::Meta {
+                classifier: files.classifier.clone(),
+                prompt_style: files.prompt_style,
+            },
         )?,
         Target::Book => {
             std::fs::create_dir_all(&a.out)?;

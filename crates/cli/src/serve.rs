@@ -18,9 +18,10 @@ pub struct ServeArgs {
     /// The model's id in requests and /v1/models [default: the directory's name].
     #[arg(long)]
     name: Option<String>,
-    /// How chat messages become a prompt: alpaca (the book's chapter 7), phi3 or plain.
-    #[arg(long, default_value = "alpaca")]
-    prompt_style: String,
+    /// How chat messages become a prompt: alpaca (the book's chapter 7), phi3 or plain
+    /// [default: the style the model was fine-tuned with, else alpaca].
+    #[arg(long)]
+    prompt_style: Option<String>,
     /// Largest request body, in bytes (larger: 413).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -39,12 +40,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let style = PromptStyle::parse(&a.prompt_style).ok_or_else(|| {
-        anyhow!(
-            "unknown prompt style {:?} (alpaca, phi3 or plain)",
-            a.prompt_style
-        )
-    })?;
+    let style = match &a.prompt_style {
+        Some(s) => Some(
+            PromptStyle::parse(s)
+                .ok_or_else(|| anyhow!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))?,
+        ),
+        None => None,
+    };
     if a.max_tokens_limit == 0 || a.default_max_tokens == 0 || a.max_active == 0 {
         bail!("--max-tokens-limit, --default-max-tokens and --max-active must be at least 1");
     }
@@ -55,7 +57,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         host: a.host,
         port: a.port,
         name: a.name,
-        prompt_style: Some(style),
+        prompt_style: style,
         max_body_bytes: a.max_body_bytes,
         max_tokens_limit: a.max_tokens_limit,
         default_max_tokens: a.default_max_tokens.min(a.max_tokens_limit),

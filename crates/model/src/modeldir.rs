@@ -7,6 +7,7 @@ use crate::classifier::ClassifierSpec;
 use crate::config::GptConfig;
 use crate::error::{ModelError, Result};
 use crate::lora::{self, LoraSpec};
+use crate::prompt::PromptStyle;
 use crate::weights::{self, Weights};
 use candle_core::{Device, Tensor};
 use scratchllm_tokenizer::{self as tk, io::atomic_write, Tokenizer};
@@ -38,6 +39,8 @@ pub struct ModelFiles {
     pub layout: Layout,
     /// How a classifier reads text (classifiers only).
     pub classifier: Option<ClassifierSpec>,
+    /// The prompt template an instruction-tuned model was trained with.
+    pub prompt_style: Option<PromptStyle>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,6 +51,8 @@ struct OurConfigFile {
     model: GptConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     classifier: Option<ClassifierSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_style: Option<PromptStyle>,
 }
 
 /// Loads a model from a directory or `.safetensors` file of any supported layout.
@@ -68,6 +73,7 @@ pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
             tokenizer: a.tokenizer,
             layout: Layout::Adapter,
             classifier: a.classifier,
+            prompt_style: a.prompt_style,
         });
     }
     if has("config.json") {
@@ -146,6 +152,7 @@ fn load_ours(dir: &Path, device: &Device) -> Result<ModelFiles> {
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::Scratchllm,
         classifier: file.classifier,
+        prompt_style: file.prompt_style,
     })
 }
 
@@ -193,6 +200,7 @@ fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::HuggingFace,
         classifier: None,
+        prompt_style: None,
     })
 }
 
@@ -225,6 +233,7 @@ fn load_openai(dir: &Path, device: &Device) -> Result<ModelFiles> {
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::OpenAiTf,
         classifier: None,
+        prompt_style: None,
     })
 }
 
@@ -308,6 +317,7 @@ fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::Book,
         classifier: None,
+        prompt_style: None,
     })
 }
 
@@ -322,6 +332,7 @@ pub fn load_or_preset(spec: &str, seed: u64, device: &Device) -> Result<ModelFil
                 tokenizer: tk::gpt2()?,
                 layout: Layout::Preset,
                 classifier: None,
+                prompt_style: None,
             });
         }
     }
@@ -335,16 +346,25 @@ pub fn save(
     tensors: &HashMap<String, Tensor>,
     tokenizer: &Tokenizer,
 ) -> Result<()> {
-    save_with(dir, config, tensors, tokenizer, None)
+    save_with(dir, config, tensors, tokenizer, &Meta::default())
 }
 
-/// [`save`], with a classifier's reading settings when the model is one.
+/// What a fine-tuned model records beside its weights.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Meta {
+    /// How a classifier reads text.
+    pub classifier: Option<ClassifierSpec>,
+    /// The prompt template of an instruction-tuned model.
+    pub prompt_style: Option<PromptStyle>,
+}
+
+/// [`save`], with what a fine-tuned model records (a classifier's reading, a prompt style).
 pub fn save_with(
     dir: &Path,
     config: &GptConfig,
     tensors: &HashMap<String, Tensor>,
     tokenizer: &Tokenizer,
-    classifier: Option<&ClassifierSpec>,
+    meta: &Meta,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     weights::write_safetensors(tensors, &dir.join("model.safetensors"))?;
@@ -354,7 +374,8 @@ pub fn save_with(
         version: MODEL_FORMAT_VERSION,
         architecture: "gpt2".into(),
         model: config.clone(),
-        classifier: classifier.cloned(),
+        classifier: meta.classifier.clone(),
+        prompt_style: meta.prompt_style,
     };
     write_json(
         &dir.join("config.json"),
@@ -377,6 +398,8 @@ struct AdapterFile {
     model: GptConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     classifier: Option<ClassifierSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_style: Option<PromptStyle>,
 }
 
 /// A base model with its adapters, unmerged.
@@ -387,6 +410,7 @@ pub struct AdapterFiles {
     pub lora: LoraSpec,
     pub tokenizer: Tokenizer,
     pub classifier: Option<ClassifierSpec>,
+    pub prompt_style: Option<PromptStyle>,
     pub base: PathBuf,
 }
 
@@ -399,7 +423,7 @@ pub fn save_adapter(
     lora: &LoraSpec,
     tensors: &HashMap<String, Tensor>,
     tokenizer: &Tokenizer,
-    classifier: Option<&ClassifierSpec>,
+    meta: &Meta,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     weights::write_safetensors(tensors, &dir.join(ADAPTER_WEIGHTS))?;
@@ -410,7 +434,8 @@ pub fn save_adapter(
         base: std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf()),
         lora: lora.clone(),
         model: config.clone(),
-        classifier: classifier.cloned(),
+        classifier: meta.classifier.clone(),
+        prompt_style: meta.prompt_style,
     };
     write_json(
         &dir.join(ADAPTER_CONFIG),
@@ -473,6 +498,7 @@ pub fn load_adapter(dir: &Path, base: Option<&Path>, device: &Device) -> Result<
         lora: file.lora,
         tokenizer: tokenizer_in(dir)?,
         classifier: file.classifier,
+        prompt_style: file.prompt_style,
         base: base_path,
     })
 }

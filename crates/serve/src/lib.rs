@@ -190,7 +190,10 @@ fn load_and_work(state: Arc<AppState>) {
             }
         })),
         (None, _) => Kind::Lm {
-            style: opts.prompt_style.unwrap_or(PromptStyle::Alpaca),
+            style: opts
+                .prompt_style
+                .or(files.prompt_style)
+                .unwrap_or(PromptStyle::Alpaca),
         },
     };
     let name = opts.name.clone().unwrap_or_else(|| {

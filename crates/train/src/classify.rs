@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::optim::{AdamWConfig, Schedule};
 use crate::plot::chart_svg;
 use crate::pretrain::{Ending, EvalRecord, Observer};
+use crate::rundir::{self, err, write_json};
 use crate::trainer::{TrainSettings, Trainer};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
@@ -31,13 +32,6 @@ use std::path::{Path, PathBuf};
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 const CONFIG_VERSION: u32 = 1;
-
-fn err(path: &Path, message: impl Into<String>) -> ModelError {
-    ModelError::File {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
 
 /// A column of a table: by 0-based index or by header name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -646,11 +640,6 @@ pub trait ClassifyObserver: Observer {
     fn info(&mut self, info: &RunInfo);
 }
 
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| err(path, e.to_string()))? + "\n";
-    Ok(atomic_write(path, text.as_bytes())?)
-}
-
 /// Starts a new fine-tuning run in `run_dir`, or resumes the one there (`new` = `None`).
 pub fn finetune_classify(
     run_dir: &Path,
@@ -658,38 +647,9 @@ pub fn finetune_classify(
     obs: &mut dyn ClassifyObserver,
 ) -> Result<(Ending, Option<Results>)> {
     let started = std::time::Instant::now();
-    let ckpt_dir = run_dir.join("checkpoints");
-    let config_path = run_dir.join("config.json");
-    let cfg = match new {
-        Some(cfg) => {
-            cfg.validate()?;
-            if !checkpoint::list(&ckpt_dir).is_empty() {
-                return Err(err(run_dir, "this run directory already has checkpoints; continue it with --resume, or choose another --out"));
-            }
-            std::fs::create_dir_all(&ckpt_dir).map_err(|e| ModelError::Io {
-                path: ckpt_dir.clone(),
-                source: e,
-            })?;
-            write_json(&config_path, &cfg)?;
-            cfg
-        }
-        None => {
-            let text = scratchllm_tokenizer::io::read_text(&config_path)?;
-            let cfg: ClassifyConfig = serde_json::from_str(&text)
-                .map_err(|e| err(&config_path, format!("invalid run configuration: {e}")))?;
-            if cfg.version != CONFIG_VERSION {
-                return Err(err(
-                    &config_path,
-                    format!(
-                        "run format {} but this scratchllm reads {CONFIG_VERSION}",
-                        cfg.version
-                    ),
-                ));
-            }
-            cfg.validate()?;
-            cfg
-        }
-    };
+    let (cfg, ckpt_dir) =
+        rundir::open(run_dir, new, CONFIG_VERSION, |c: &ClassifyConfig| c.version)?;
+    cfg.validate()?;
     let device = Device::Cpu;
     let (base_cfg, base, tok) = initial(&cfg, &device)?;
     let base_tensors = base.tensors().clone();
@@ -747,18 +707,7 @@ pub fn finetune_classify(
         trainable_params: trainer.trainable_params(),
         total_params,
     });
-    let mut state = RunState {
-        version: 1,
-        step: 0,
-        epoch: 0,
-        batch: 0,
-        tokens_seen: 0,
-        adam_step: 0,
-        best_val_loss: None,
-        best_step: None,
-        val_loss: None,
-        best_val_accuracy: None,
-    };
+    let mut state = rundir::fresh_state();
     if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
         state = checkpoint::load(latest, &mut trainer)?;
     }
@@ -772,10 +721,28 @@ pub fn finetune_classify(
     let spec = &data.spec;
     let save_model = |t: &Trainer, dir: &Path| -> Result<()> {
         match &cfg.lora {
-            None => modeldir::save_with(dir, &model_cfg, &t.weights(), &tok, Some(spec)),
+            None => modeldir::save_with(
+                dir,
+                &model_cfg,
+                &t.weights(),
+                &tok,
+                &modeldir::Meta {
+                    classifier: Some(spec.clone()),
+                    prompt_style: None,
+                },
+            ),
             Some(l) => {
                 let (plain_cfg, merged) = lora::merge(&model_cfg, &t.weights(), l)?;
-                modeldir::save_with(dir, &plain_cfg, &merged, &tok, Some(spec))
+                modeldir::save_with(
+                    dir,
+                    &plain_cfg,
+                    &merged,
+                    &tok,
+                    &modeldir::Meta {
+                        classifier: Some(spec.clone()),
+                        prompt_style: None,
+                    },
+                )
             }
         }
     };
@@ -892,7 +859,10 @@ pub fn finetune_classify(
                     l,
                     &own,
                     &tok,
-                    Some(spec),
+                    &modeldir::Meta {
+                        classifier: Some(spec.clone()),
+                        prompt_style: None,
+                    },
                 )?;
                 if cfg.merge {
                     save_model(&trainer, &model_dir)?;

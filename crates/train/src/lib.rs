@@ -3,11 +3,13 @@
 pub mod checkpoint;
 pub mod classify;
 pub mod data;
+pub mod instruct;
 pub mod loss;
 mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;
+mod rundir;
 pub mod shards;
 pub mod trainer;
 

@@ -241,38 +241,8 @@ pub fn pretrain(
     new: Option<PretrainConfig>,
     obs: &mut dyn Observer,
 ) -> Result<Ending> {
-    let ckpt_dir = run_dir.join("checkpoints");
-    let config_path = run_dir.join("config.json");
-    let cfg = match new {
-        Some(cfg) => {
-            if !checkpoint::list(&ckpt_dir).is_empty() {
-                return Err(err(run_dir, "this run directory already has checkpoints; continue it with --resume, or choose another --out"));
-            }
-            std::fs::create_dir_all(&ckpt_dir).map_err(|e| ModelError::Io {
-                path: ckpt_dir.clone(),
-                source: e,
-            })?;
-            let text = serde_json::to_string_pretty(&cfg)
-                .map_err(|e| ModelError::Config(e.to_string()))?;
-            atomic_write(&config_path, text.as_bytes())?;
-            cfg
-        }
-        None => {
-            let text = scratchllm_tokenizer::io::read_text(&config_path)?;
-            let cfg: PretrainConfig = serde_json::from_str(&text)
-                .map_err(|e| err(&config_path, format!("invalid run configuration: {e}")))?;
-            if cfg.version != CONFIG_VERSION {
-                return Err(err(
-                    &config_path,
-                    format!(
-                        "run format {} but this scratchllm reads {CONFIG_VERSION}",
-                        cfg.version
-                    ),
-                ));
-            }
-            cfg
-        }
-    };
+    let (cfg, ckpt_dir) =
+        crate::rundir::open(run_dir, new, CONFIG_VERSION, |c: &PretrainConfig| c.version)?;
     cfg.model.validate()?;
     let device = Device::Cpu;
     let (init, tok) = match &cfg.init {
@@ -304,18 +274,7 @@ pub fn pretrain(
         None => windows(&cfg, &read_corpus(&cfg.data)?, &tok)?,
     };
     let mut trainer = Trainer::new(&cfg.model, init, settings(&cfg, train.len()))?;
-    let mut state = RunState {
-        version: 1,
-        step: 0,
-        epoch: 0,
-        batch: 0,
-        tokens_seen: 0,
-        adam_step: 0,
-        best_val_loss: None,
-        best_step: None,
-        val_loss: None,
-        best_val_accuracy: None,
-    };
+    let mut state = crate::rundir::fresh_state();
     if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
         state = checkpoint::load(latest, &mut trainer)?;
     }

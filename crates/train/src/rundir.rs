@@ -1,0 +1,81 @@
+//! What every training run directory shares: its `config.json` (written when a run starts, read
+//! back on resume, with a format version), its checkpoints directory, and JSON outputs.
+use crate::checkpoint::{self, RunState};
+use scratchllm_model::ModelError;
+use scratchllm_tokenizer::io::atomic_write;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+pub(crate) fn err(path: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Writes `v` as pretty JSON, atomically.
+pub(crate) fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| err(path, e.to_string()))? + "\n";
+    Ok(atomic_write(path, text.as_bytes())?)
+}
+
+/// The configuration of the run in `run_dir`: `new` for a new run (refused when the directory
+/// already has checkpoints; written to `config.json`), else the one saved there, whose `version`
+/// must be `version`. Returns it with the checkpoints directory (created).
+pub(crate) fn open<C: Serialize + DeserializeOwned>(
+    run_dir: &Path,
+    new: Option<C>,
+    version: u32,
+    version_of: impl Fn(&C) -> u32,
+) -> Result<(C, PathBuf)> {
+    let ckpt_dir = run_dir.join("checkpoints");
+    let config_path = run_dir.join("config.json");
+    let cfg = match new {
+        Some(cfg) => {
+            if !checkpoint::list(&ckpt_dir).is_empty() {
+                return Err(err(run_dir, "this run directory already has checkpoints; continue it with --resume, or choose another --out"));
+            }
+            std::fs::create_dir_all(&ckpt_dir).map_err(|e| ModelError::Io {
+                path: ckpt_dir.clone(),
+                source: e,
+            })?;
+            write_json(&config_path, &cfg)?;
+            cfg
+        }
+        None => {
+            let text = scratchllm_tokenizer::io::read_text(&config_path)?;
+            let cfg: C = serde_json::from_str(&text)
+                .map_err(|e| err(&config_path, format!("invalid run configuration: {e}")))?;
+            if version_of(&cfg) != version {
+                return Err(err(
+                    &config_path,
+                    format!(
+                        "run format {} but this scratchllm reads {version}",
+                        version_of(&cfg)
+                    ),
+                ));
+            }
+            cfg
+        }
+    };
+    Ok((cfg, ckpt_dir))
+}
+
+/// The state of a run that has not taken a step.
+pub(crate) fn fresh_state() -> RunState {
+    RunState {
+        version: 1,
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        tokens_seen: 0,
+        adam_step: 0,
+        best_val_loss: None,
+        best_step: None,
+        val_loss: None,
+        best_val_accuracy: None,
+    }
+}
