@@ -9,6 +9,7 @@ use scratchllm_model::{GptConfig, PromptStyle};
 use scratchllm_train::classify::{
     finetune_classify, ClassifyConfig, ClassifyObserver, Column, RunInfo, TableFormat, Trainable,
 };
+use scratchllm_train::dpo::{finetune_dpo, DpoConfig};
 use scratchllm_train::instruct::{finetune_instruct, InstructConfig};
 use scratchllm_train::Ending;
 use std::io::BufRead;
@@ -20,6 +21,137 @@ pub enum FinetuneCommand {
     Classify(Box<ClassifyArgs>),
     /// Fine-tune a language model to follow instructions (Alpaca-style JSON).
     Instruct(Box<InstructArgs>),
+    /// Preference-tune a language model with DPO ({instruction, input, output, chosen, rejected}).
+    Dpo(Box<DpoArgs>),
+}
+
+#[derive(Args)]
+pub struct DpoArgs {
+    /// The model to tune (also the frozen reference): a path (any layout) or a preset.
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<String>,
+    /// A JSON list of {instruction, input, output, chosen, rejected} entries.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// Run directory: config, metrics.jsonl, loss.svg, margin.svg, checkpoints/, model/.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["out", "data", "model"])]
+    resume: Option<PathBuf>,
+    /// Prompt template: alpaca (the book) or phi3.
+    #[arg(long, default_value = "alpaca")]
+    prompt_style: String,
+    /// Training and test fractions (the rest is validation).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.85, 0.1])]
+    split: Vec<f64>,
+    #[arg(long)]
+    shuffle_split: bool,
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Score prompts too, not only the responses.
+    #[arg(long)]
+    no_mask_prompt: bool,
+    /// How far the policy may move from the reference (DPO's beta).
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long)]
+    lora: bool,
+    #[arg(long, default_value_t = 16)]
+    lora_rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    #[arg(long, value_delimiter = ',', default_values_t = ["attention".to_string(), "ff".to_string()])]
+    lora_targets: Vec<String>,
+    #[arg(long)]
+    merge: bool,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 123)]
+    seed: u64,
+    #[arg(long, default_value_t = 5)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 5)]
+    eval_batches: usize,
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+    #[arg(long, default_value_t = 2)]
+    keep_checkpoints: usize,
+}
+
+fn dpo_config(a: &DpoArgs) -> Result<DpoConfig> {
+    let data = a.data.clone().context("--data is required")?;
+    let model = a.model.clone().context("--model is required")?;
+    let &[train, test] = a.split.as_slice() else {
+        bail!(
+            "--split takes two fractions, training and test; got {}",
+            a.split.len()
+        );
+    };
+    let mut cfg = DpoConfig::book(&model, &data);
+    cfg.prompt_style = PromptStyle::parse(&a.prompt_style)
+        .with_context(|| format!("unknown prompt style {:?} (alpaca or phi3)", a.prompt_style))?;
+    cfg.train_fraction = train;
+    cfg.test_fraction = test;
+    cfg.shuffle_split = a.shuffle_split;
+    cfg.max_length = a.max_length;
+    cfg.mask_prompt = !a.no_mask_prompt;
+    cfg.beta = a.beta;
+    if a.lora {
+        cfg.trainable = Trainable::Lora;
+        cfg.lora = Some(lora_spec(a.lora_rank, a.lora_alpha, &a.lora_targets)?);
+    }
+    cfg.merge = a.merge;
+    cfg.epochs = a.epochs;
+    cfg.max_steps = a.max_steps;
+    cfg.batch_size = a.batch_size;
+    cfg.lr = a.lr;
+    cfg.weight_decay = a.weight_decay;
+    cfg.seed = a.seed;
+    cfg.eval_every = a.eval_every;
+    cfg.eval_batches = Some(a.eval_batches);
+    cfg.checkpoint_every = a.checkpoint_every;
+    cfg.keep_checkpoints = a.keep_checkpoints;
+    Ok(cfg)
+}
+
+fn dpo_run(a: DpoArgs) -> Result<()> {
+    let (run_dir, cfg) = match &a.resume {
+        Some(dir) => (dir.clone(), None),
+        None => (
+            a.out.clone().context("--out is required")?,
+            Some(dpo_config(&a)?),
+        ),
+    };
+    let mut term = Terminal::new()?;
+    let (ending, results) = finetune_dpo(&run_dir, cfg, &mut term)
+        .with_context(|| format!("DPO in {}", run_dir.display()))?;
+    term.bar.finish_and_clear();
+    match ending {
+        Ending::Finished { model_dir } => {
+            if let Some(r) = results {
+                eprintln!(
+                    "reward margin: train {:.3} | validation {:.3} | test {:.3} (loss {:.3} / {:.3} / {:.3}); {:.0} s",
+                    r.train.margin(), r.val.margin(), r.test.margin(), r.train.loss, r.val.loss, r.test.loss, r.seconds
+                );
+            }
+            eprintln!("done: model in {}", model_dir.display());
+            println!("{}", model_dir.display());
+        }
+        Ending::Stopped { checkpoint } => eprintln!(
+            "stopped: checkpoint {}; continue with `scratchllm finetune dpo --resume {}`",
+            checkpoint.display(),
+            run_dir.display()
+        ),
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -313,6 +445,7 @@ pub fn run(c: FinetuneCommand) -> Result<()> {
     match c {
         FinetuneCommand::Classify(a) => classify_run(*a),
         FinetuneCommand::Instruct(a) => instruct_run(*a),
+        FinetuneCommand::Dpo(a) => dpo_run(*a),
     }
 }
 

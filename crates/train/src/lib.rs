@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod classify;
 pub mod data;
+pub mod dpo;
 pub mod instruct;
 pub mod loss;
 mod metrics;
