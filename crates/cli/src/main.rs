@@ -5,6 +5,7 @@
 //! with status 1; usage errors exit with clap's status 2.
 mod bench;
 mod data;
+mod evaluate;
 mod finetune;
 mod model;
 mod pretrain;
@@ -50,6 +51,8 @@ enum Command {
     Finetune(finetune::FinetuneCommand),
     /// Label texts with a fine-tuned classifier (arguments, or one text per line of stdin).
     Classify(finetune::PredictArgs),
+    /// Score model responses with a judge model, and/or measure loss and perplexity on references.
+    Evaluate(evaluate::EvaluateArgs),
     /// Serve a model over an OpenAI-compatible HTTP API, with a chat page at /.
     Serve(serve::ServeArgs),
     /// Data sets and pretrained weights: list and download them.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Finetune(c) => finetune::run(c),
         Command::Classify(a) => finetune::predict_run(a),
+        Command::Evaluate(a) => evaluate::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),

@@ -1,4 +1,5 @@
-//! Downloading what the book downloads: GPT-2 weights and its four data sets.
+//! The HTTP clients of scratchllm: downloading what the book downloads (GPT-2 weights and its four
+//! data sets), and asking a judge model to score responses ([`judge`]).
 //!
 //! Each asset is a list of files with their canonical URLs. A file is fetched into
 //! `CACHE/ASSET/NAME.part`, resumed with an HTTP `Range` request after an interruption, checked
@@ -10,6 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 mod catalog;
+pub mod judge;
 pub use catalog::{asset, Asset, RemoteFile, ASSETS};
 
 #[derive(Debug, thiserror::Error)]

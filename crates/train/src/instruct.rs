@@ -670,3 +670,43 @@ pub fn finetune_instruct(
         return Ok((Ending::Finished { model_dir: out }, Some(results)));
     }
 }
+
+/// The mean loss of the reference outputs given their prompts (only the response tokens and the
+/// end-of-text after them are scored), in batches; its exponential is the perplexity.
+pub fn response_loss(
+    model: &Gpt,
+    tok: &Tokenizer,
+    style: PromptStyle,
+    entries: &[Entry],
+    batch_size: usize,
+) -> Result<f32> {
+    let pad = tok
+        .special_id(ENDOFTEXT)
+        .ok_or_else(|| ModelError::Config("the tokenizer has no <|endoftext|> token".into()))?;
+    let ctx = model.config().context_length;
+    let items = entries
+        .iter()
+        .map(|e| tokenize(e, style, tok))
+        .collect::<Result<Vec<_>>>()?;
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for chunk in items.chunks(batch_size.max(1)) {
+        let refs: Vec<&Tokenized> = chunk.iter().collect();
+        let (x, y) = collate(&refs, pad, true, Some(ctx));
+        let t = x[0].len();
+        let x = Tensor::from_vec(x.concat(), (refs.len(), t), model.device())?;
+        let y = y.concat();
+        let n = y.iter().filter(|&&v| v != IGNORE_INDEX).count();
+        if n == 0 {
+            continue;
+        }
+        let logits = model.forward(&x, None)?.flatten_to(1)?;
+        total += cross_entropy(&logits, &y, IGNORE_INDEX)?.to_scalar::<f32>()? as f64 * n as f64;
+        count += n;
+    }
+    if count == 0 {
+        return Err(ModelError::Config(
+            "no response tokens to score (every prompt fills the context)".into(),
+        ));
+    }
+    Ok((total / count as f64) as f32)
+}
