@@ -4,6 +4,7 @@
 //! command validates them into what the library calls need. Errors print their whole chain and exit
 //! with status 1; usage errors exit with clap's status 2.
 mod bench;
+mod chat;
 mod data;
 mod evaluate;
 mod finetune;
@@ -51,6 +52,8 @@ enum Command {
     Finetune(finetune::FinetuneCommand),
     /// Label texts with a fine-tuned classifier (arguments, or one text per line of stdin).
     Classify(finetune::PredictArgs),
+    /// Chat with a model in the terminal (streams answers; /help lists the commands).
+    Chat(chat::ChatArgs),
     /// Score model responses with a judge model, and/or measure loss and perplexity on references.
     Evaluate(evaluate::EvaluateArgs),
     /// Serve a model over an OpenAI-compatible HTTP API, with a chat page at /.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => pretrain::run(*a),
         Command::Finetune(c) => finetune::run(c),
         Command::Classify(a) => finetune::predict_run(a),
+        Command::Chat(a) => chat::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Data(c) => data::run(c),

@@ -9,6 +9,7 @@ mod gpt;
 pub mod lora;
 pub mod modeldir;
 pub mod prompt;
+pub mod stop;
 pub mod tf;
 pub mod weights;
 

@@ -2,8 +2,8 @@
 //! interleaved token by token (round robin over up to `max_active` of them), so every client sees
 //! tokens as soon as its turn comes and a long answer does not hold the others back; a generation
 //! whose client has gone away is dropped at its next turn.
-use crate::stop::StopFilter;
 use scratchllm_model::classifier::{predict, ClassifierSpec, Prediction};
+use scratchllm_model::stop::StopFilter;
 use scratchllm_model::{GenerateOptions, Generation, Gpt, GptConfig, PromptStyle};
 use scratchllm_tokenizer::{StreamDecoder, Tokenizer, ENDOFTEXT};
 use std::panic::{catch_unwind, AssertUnwindSafe};

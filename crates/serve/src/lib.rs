@@ -8,7 +8,6 @@
 //! (`context_length_exceeded`), queue length (503).
 pub mod api;
 pub mod engine;
-pub mod stop;
 
 use api::{parse_body, ApiError, Fields};
 use axum::body::Bytes;
