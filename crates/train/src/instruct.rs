@@ -644,13 +644,14 @@ pub fn finetune_instruct(
             let mut responses = Vec::with_capacity(test_e.len());
             for e in &test_e {
                 let mut v = e.to_json();
-                v["model_response"] = Value::String(respond(
-                    &trainer.model,
-                    &tok,
-                    style,
-                    e,
-                    cfg.response_tokens,
-                )?);
+                // A prompt too long for the context costs its own response, not the others.
+                match respond(&trainer.model, &tok, style, e, cfg.response_tokens) {
+                    Ok(text) => v["model_response"] = Value::String(text),
+                    Err(err) => {
+                        v["model_response"] = Value::String(String::new());
+                        v["error"] = Value::String(err.to_string());
+                    }
+                }
                 responses.push(v);
             }
             write_json(&run_dir.join("test-responses.json"), &responses)?;

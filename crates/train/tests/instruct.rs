@@ -133,6 +133,9 @@ fn a_tiny_model_learns_instructions_and_writes_responses() {
             serde_json::json!({"instruction": "Repeat the word.", "input": word, "output": word})
         })
         .collect();
+    // A test prompt longer than the context: its response fails alone, with the reason.
+    let mut entries = entries;
+    entries[35]["input"] = serde_json::json!("word ".repeat(80));
     std::fs::write(&data, serde_json::to_string(&entries).unwrap()).unwrap();
     let mut cfg = InstructConfig::book("unused", &data);
     cfg.model_config = Some(GptConfig {
@@ -180,6 +183,9 @@ fn a_tiny_model_learns_instructions_and_writes_responses() {
     assert!(responses
         .iter()
         .all(|r| r["model_response"].is_string() && r["output"].is_string()));
+    let e = responses[1]["error"].as_str().unwrap();
+    assert!(e.contains("leaves no room in the context of 64"), "{e}");
+    assert!(responses[0].get("error").is_none());
     // The model directory remembers its prompt style.
     let files =
         scratchllm_model::modeldir::load(&run.join("model"), &candle_core::Device::Cpu).unwrap();
