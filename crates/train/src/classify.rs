@@ -13,7 +13,7 @@
 use crate::checkpoint::{self, RunState};
 use crate::data::Loader;
 use crate::metrics::Metrics;
-use crate::optim::{AdamWConfig, Schedule};
+use crate::optim::AdamWConfig;
 use crate::plot::chart_svg;
 use crate::pretrain::{Ending, EvalRecord, Observer};
 use crate::rundir::{self, err, write_json};
@@ -661,34 +661,21 @@ pub fn finetune_classify(
         .filter(|(n, _)| !lora::is_adapter(n))
         .map(|(_, t)| t.elem_count())
         .sum::<usize>();
-    let loader = Loader {
-        batch_size: cfg.batch_size,
-        shuffle: true,
-        drop_last: true,
-        seed: cfg.seed,
-    };
-    let per_epoch = loader.batches(data.train.len());
-    let total_steps = cfg
-        .max_steps
-        .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
-    let settings = TrainSettings {
-        epochs: cfg.epochs,
-        max_steps: cfg.max_steps,
-        loader,
-        adamw: AdamWConfig {
+    let settings = TrainSettings::finetune(
+        data.train.len(),
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.max_steps,
+        AdamWConfig {
             lr: cfg.lr,
             weight_decay: cfg.weight_decay,
             ..Default::default()
         },
-        schedule: Schedule {
-            total_steps,
-            ..Schedule::constant(cfg.lr)
-        },
-        grad_clip: cfg.grad_clip,
-        clip_after_warmup: false,
-        grad_accum: 1,
-        no_decay_bias_norm: false,
-    };
+        cfg.grad_clip,
+        cfg.seed,
+    );
+    let per_epoch = settings.loader.batches(data.train.len());
+    let total_steps = settings.schedule.total_steps;
     let n_layers = model_cfg.n_layers;
     let mut trainer = Trainer::partly_frozen(
         &model_cfg,

@@ -11,7 +11,7 @@ use crate::classify::Trainable;
 use crate::data::Loader;
 use crate::loss::{cross_entropy, IGNORE_INDEX};
 use crate::metrics::Metrics;
-use crate::optim::{AdamWConfig, Schedule};
+use crate::optim::AdamWConfig;
 use crate::plot::loss_svg;
 use crate::pretrain::{Ending, EvalRecord, Observer};
 use crate::rundir::{self, err, write_json};
@@ -455,34 +455,20 @@ pub fn finetune_instruct(
     if let Some(l) = &cfg.lora {
         tensors.extend(lora::init(&model_cfg, l, cfg.seed ^ 0x6c6f_7261, &device)?);
     }
-    let loader = Loader {
-        batch_size: cfg.batch_size,
-        shuffle: true,
-        drop_last: true,
-        seed: cfg.seed,
-    };
-    let per_epoch = loader.batches(train.len());
-    let total_steps = cfg
-        .max_steps
-        .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
-    let settings = TrainSettings {
-        epochs: cfg.epochs,
-        max_steps: cfg.max_steps,
-        loader,
-        adamw: AdamWConfig {
+    let settings = TrainSettings::finetune(
+        train.len(),
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.max_steps,
+        AdamWConfig {
             lr: cfg.lr,
             weight_decay: cfg.weight_decay,
             ..Default::default()
         },
-        schedule: Schedule {
-            total_steps,
-            ..Schedule::constant(cfg.lr)
-        },
-        grad_clip: cfg.grad_clip,
-        clip_after_warmup: false,
-        grad_accum: 1,
-        no_decay_bias_norm: false,
-    };
+        cfg.grad_clip,
+        cfg.seed,
+    );
+    let total_steps = settings.schedule.total_steps;
     let n_layers = model_cfg.n_layers;
     let mut trainer = Trainer::partly_frozen(
         &model_cfg,

@@ -29,6 +29,43 @@ pub struct TrainSettings {
     pub no_decay_bias_norm: bool,
 }
 
+impl TrainSettings {
+    /// Fine-tuning's settings: `epochs` over `n` examples in batches shuffled with `seed` (the last
+    /// partial batch dropped), a constant learning rate, one micro-batch per step, stopping after
+    /// `max_steps` when given.
+    pub fn finetune(
+        n: usize,
+        batch_size: usize,
+        epochs: usize,
+        max_steps: Option<usize>,
+        adamw: AdamWConfig,
+        grad_clip: Option<f32>,
+        seed: u64,
+    ) -> Self {
+        let loader = Loader {
+            batch_size,
+            shuffle: true,
+            drop_last: true,
+            seed,
+        };
+        let all = loader.batches(n) * epochs;
+        TrainSettings {
+            epochs,
+            max_steps,
+            loader,
+            schedule: Schedule {
+                total_steps: max_steps.map_or(all, |m| m.min(all)),
+                ..Schedule::constant(adamw.lr)
+            },
+            adamw,
+            grad_clip,
+            clip_after_warmup: false,
+            grad_accum: 1,
+            no_decay_bias_norm: false,
+        }
+    }
+}
+
 /// What one optimizer step did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepRecord {
