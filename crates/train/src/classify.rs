@@ -10,8 +10,13 @@
 //! `checkpoints/`, `best/` (best validation accuracy), `results.json` and `model/` (a classifier
 //! model directory), or with LoRA `adapter/` (adapters and the new head on their own; `model/` too
 //! when `merge` is set).
-use crate::checkpoint::{self, RunState};
+use crate::checkpoint;
 use crate::data::Loader;
+pub use crate::finetune::Trainable;
+use crate::finetune::{is_preset, starting_model, Base, Output};
+pub use crate::labeled::{
+    balance, class_labels, encode, read_examples, split, Column, Encoded, Example, TableFormat,
+};
 use crate::metrics::Metrics;
 use crate::optim::AdamWConfig;
 use crate::plot::chart_svg;
@@ -19,7 +24,6 @@ use crate::pretrain::{Ending, EvalRecord, Observer};
 use crate::rundir::{self, err, write_json};
 use crate::trainer::{TrainSettings, Trainer};
 use candle_core::{Device, Tensor};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use scratchllm_model::classifier::{class_logits, ClassifierSpec, TokenPosition};
 use scratchllm_model::lora::{self, LoraSpec};
@@ -32,291 +36,6 @@ use std::path::{Path, PathBuf};
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 const CONFIG_VERSION: u32 = 1;
-
-/// A column of a table: by 0-based index or by header name.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Column {
-    Index(usize),
-    Name(String),
-}
-
-impl Column {
-    /// `"2"` is an index, anything else a name.
-    pub fn parse(s: &str) -> Self {
-        s.parse()
-            .map_or_else(|_| Column::Name(s.to_string()), Column::Index)
-    }
-}
-
-/// How to read a labeled-text file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TableFormat {
-    /// Comma-separated with quoting (RFC 4180); otherwise tab-separated without quoting.
-    pub csv: bool,
-    /// The first row names the columns.
-    pub header: bool,
-    pub label_column: Column,
-    pub text_column: Column,
-}
-
-impl TableFormat {
-    /// The SMS Spam Collection's format: `label<TAB>text`, no header.
-    pub fn tsv() -> Self {
-        TableFormat {
-            csv: false,
-            header: false,
-            label_column: Column::Index(0),
-            text_column: Column::Index(1),
-        }
-    }
-}
-
-/// One labeled text, with the line it came from.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Example {
-    pub label: String,
-    pub text: String,
-    pub line: usize,
-}
-
-fn column_index(col: &Column, header: Option<&[String]>, path: &Path) -> Result<usize> {
-    match (col, header) {
-        (Column::Index(i), _) => Ok(*i),
-        (Column::Name(n), Some(h)) => h.iter().position(|c| c == n).ok_or_else(|| {
-            err(
-                path,
-                format!("line 1: no column {n:?}; the header has {}", h.join(", ")),
-            )
-        }),
-        (Column::Name(n), None) => Err(err(
-            path,
-            format!("column {n:?} is a name, but the file has no header (use an index, or the header option)"),
-        )),
-    }
-}
-
-/// Reads labeled texts; every row must have the label and text columns, both non-empty.
-pub fn read_examples(path: &Path, format: &TableFormat) -> Result<Vec<Example>> {
-    let text = scratchllm_tokenizer::io::read_text(path)?;
-    let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
-    if format.csv {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text.as_bytes());
-        for record in reader.records() {
-            let record = record.map_err(|e| err(path, format!("not valid CSV: {e}")))?;
-            let line = record.position().map_or(0, |p| p.line() as usize);
-            rows.push((line, record.iter().map(str::to_string).collect()));
-        }
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.trim().is_empty() {
-                continue;
-            }
-            rows.push((i + 1, line.split('\t').map(str::to_string).collect()));
-        }
-    }
-    let header = if format.header && !rows.is_empty() {
-        Some(rows.remove(0).1)
-    } else {
-        None
-    };
-    let li = column_index(&format.label_column, header.as_deref(), path)?;
-    let ti = column_index(&format.text_column, header.as_deref(), path)?;
-    let columns = header.as_ref().map(Vec::len);
-    let mut out = Vec::with_capacity(rows.len());
-    for (line, mut fields) in rows {
-        // In a TSV whose text is the last column, tabs inside the text belong to it.
-        if !format.csv && ti + 1 >= columns.unwrap_or(li.max(ti) + 1) && fields.len() > ti + 1 {
-            let rest = fields.split_off(ti + 1).join("\t");
-            fields[ti].push('\t');
-            fields[ti].push_str(&rest);
-        }
-        let need = li.max(ti) + 1;
-        if fields.len() < need || columns.is_some_and(|c| fields.len() != c) {
-            return Err(err(
-                path,
-                format!(
-                    "line {line}: {} field(s), expected {}{}",
-                    fields.len(),
-                    columns.unwrap_or(need),
-                    if format.csv {
-                        ""
-                    } else {
-                        " separated by tabs (label<TAB>text)"
-                    }
-                ),
-            ));
-        }
-        let label = fields[li].trim().to_string();
-        let text = fields[ti].clone();
-        if label.is_empty() {
-            return Err(err(path, format!("line {line}: the label is empty")));
-        }
-        if text.trim().is_empty() {
-            return Err(err(path, format!("line {line}: the text is empty")));
-        }
-        out.push(Example { label, text, line });
-    }
-    if out.is_empty() {
-        return Err(err(path, "no labeled texts in the file"));
-    }
-    Ok(out)
-}
-
-/// The class names: `given` in its order, or the labels found, sorted (numerically when they are
-/// all integers). With `given`, a label outside it is an error naming its line.
-pub fn class_labels(
-    examples: &[Example],
-    given: Option<&[String]>,
-    path: &Path,
-) -> Result<Vec<String>> {
-    if let Some(given) = given {
-        if let Some(e) = examples.iter().find(|e| !given.contains(&e.label)) {
-            return Err(err(
-                path,
-                format!(
-                    "line {}: unknown label {:?}; the labels are {}",
-                    e.line,
-                    e.label,
-                    given.join(", ")
-                ),
-            ));
-        }
-        return Ok(given.to_vec());
-    }
-    let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
-    labels.sort();
-    labels.dedup();
-    if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
-        labels.sort_by_key(|l| l.parse::<i64>().unwrap_or(0));
-    }
-    Ok(labels)
-}
-
-/// Undersamples every class to the size of the smallest (the book's `create_balanced_dataset`),
-/// keeping the file order within a class.
-pub fn balance(examples: Vec<Example>, labels: &[String], seed: u64) -> Vec<Example> {
-    let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); labels.len()];
-    for e in examples {
-        if let Some(c) = labels.iter().position(|l| *l == e.label) {
-            by_class[c].push(e);
-        }
-    }
-    let n = by_class.iter().map(Vec::len).min().unwrap_or(0);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    for mut class in by_class {
-        let mut keep: Vec<usize> = (0..class.len()).collect();
-        keep.shuffle(&mut rng);
-        keep.truncate(n);
-        keep.sort_unstable();
-        let mut taken: Vec<Option<Example>> = class.drain(..).map(Some).collect();
-        out.extend(keep.into_iter().filter_map(|i| taken[i].take()));
-    }
-    out
-}
-
-/// Shuffles with `seed` and splits into train, validation and test by fractions (the book's
-/// `random_split`: sizes `int(n * train)`, `int(n * val)`, the rest).
-pub fn split(
-    mut examples: Vec<Example>,
-    train: f64,
-    val: f64,
-    seed: u64,
-) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    examples.shuffle(&mut rng);
-    let n = examples.len();
-    let a = ((n as f64 * train) as usize).min(n);
-    let b = (a + (n as f64 * val) as usize).min(n);
-    let test = examples.split_off(b);
-    let val = examples.split_off(a);
-    (examples, val, test)
-}
-
-/// A tokenized split.
-#[derive(Clone, Debug, Default)]
-pub struct Encoded {
-    pub ids: Vec<Vec<u32>>,
-    pub labels: Vec<u32>,
-    /// Texts cut to the maximum length.
-    pub truncated: usize,
-}
-
-impl Encoded {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    pub fn tokens(&self) -> usize {
-        self.ids.iter().map(Vec::len).sum()
-    }
-}
-
-/// Token ids of each example (special-token text is plain text), cut to `max_length` when given.
-pub fn encode(
-    examples: &[Example],
-    labels: &[String],
-    tok: &Tokenizer,
-    max_length: Option<usize>,
-) -> Result<Encoded> {
-    let mut out = Encoded::default();
-    for e in examples {
-        let mut ids = tok.encode(&e.text, scratchllm_tokenizer::SpecialMode::AsText)?;
-        if let Some(m) = max_length {
-            if ids.len() > m {
-                ids.truncate(m);
-                out.truncated += 1;
-            }
-        }
-        out.ids.push(ids);
-        out.labels
-            .push(labels.iter().position(|l| *l == e.label).unwrap_or(0) as u32);
-    }
-    Ok(out)
-}
-
-/// Which weights fine-tuning trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trainable {
-    /// The new head only.
-    LastLayer,
-    /// The last transformer block, the final LayerNorm and the head (the book's choice).
-    LastBlock,
-    /// The last two blocks, the final LayerNorm and the head.
-    LastTwoBlocks,
-    All,
-    /// LoRA adapters only; the base (and the new head) stay frozen, as in appendix E.
-    Lora,
-}
-
-impl Trainable {
-    /// Whether the weight `name` of a model with `n_layers` blocks is trained.
-    pub fn selects(self, name: &str, n_layers: usize) -> bool {
-        let head = name.starts_with("out_head.") && !lora::is_adapter(name);
-        let norm = name.starts_with("final_norm.");
-        let block = |back: usize| {
-            (1..=back.min(n_layers))
-                .any(|k| name.starts_with(&format!("trf_blocks.{}.", n_layers - k)))
-        };
-        match self {
-            Trainable::LastLayer => head,
-            Trainable::LastBlock => head || norm || block(1),
-            Trainable::LastTwoBlocks => head || norm || block(2),
-            Trainable::All => !lora::is_adapter(name),
-            Trainable::Lora => lora::is_adapter(name),
-        }
-    }
-}
 
 /// Everything that defines a classification fine-tuning run; saved as `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -546,19 +265,6 @@ pub fn evaluate(
     Ok(((loss / n as f64) as f32, correct as f32 / seen as f32))
 }
 
-/// The starting model and tokenizer: loaded, or random for a preset or a configuration.
-fn initial(cfg: &ClassifyConfig, device: &Device) -> Result<(GptConfig, Weights, Tokenizer)> {
-    if let Some(mc) = &cfg.model_config {
-        return Ok((
-            mc.clone(),
-            Weights::random(mc, cfg.seed, device)?,
-            scratchllm_tokenizer::gpt2()?,
-        ));
-    }
-    let files = modeldir::load_or_preset(&cfg.model, cfg.seed, device)?;
-    Ok((files.config, files.weights, files.tokenizer))
-}
-
 /// The model to fine-tune: the starting weights with a fresh `classes x C` head (PyTorch's
 /// `nn.Linear` initialization, seeded), unless they already are a classifier of as many classes;
 /// adapters added for LoRA.
@@ -651,7 +357,8 @@ pub fn finetune_classify(
         rundir::open(run_dir, new, CONFIG_VERSION, |c: &ClassifyConfig| c.version)?;
     cfg.validate()?;
     let device = Device::Cpu;
-    let (base_cfg, base, tok) = initial(&cfg, &device)?;
+    let (base_cfg, base, tok) =
+        starting_model(&cfg.model, cfg.model_config.as_ref(), cfg.seed, &device)?;
     let base_tensors = base.tensors().clone();
     let data = prepare(&cfg, &tok, base_cfg.context_length)?;
     let (model_cfg, tensors) =
@@ -706,32 +413,15 @@ pub fn finetune_classify(
         data.val.tokens(),
     );
     let spec = &data.spec;
-    let save_model = |t: &Trainer, dir: &Path| -> Result<()> {
-        match &cfg.lora {
-            None => modeldir::save_with(
-                dir,
-                &model_cfg,
-                &t.weights(),
-                &tok,
-                &modeldir::Meta {
-                    classifier: Some(spec.clone()),
-                    prompt_style: None,
-                },
-            ),
-            Some(l) => {
-                let (plain_cfg, merged) = lora::merge(&model_cfg, &t.weights(), l)?;
-                modeldir::save_with(
-                    dir,
-                    &plain_cfg,
-                    &merged,
-                    &tok,
-                    &modeldir::Meta {
-                        classifier: Some(spec.clone()),
-                        prompt_style: None,
-                    },
-                )
-            }
-        }
+    let output = Output {
+        run_dir,
+        model_cfg: &model_cfg,
+        lora: cfg.lora.as_ref(),
+        tok: &tok,
+        meta: modeldir::Meta {
+            classifier: Some(spec.clone()),
+            prompt_style: None,
+        },
     };
     let mut position = (state.epoch, state.batch);
     loop {
@@ -787,7 +477,7 @@ pub fn finetune_classify(
                         state.best_val_accuracy = Some(val_acc);
                         state.best_val_loss = Some(val_loss);
                         state.best_step = Some(r.step + 1);
-                        save_model(t, &run_dir.join("best"))?;
+                        output.save_model(t, &run_dir.join("best"))?;
                     }
                 }
                 stop = obs.stop_requested();
@@ -798,16 +488,13 @@ pub fn finetune_classify(
         if let Some(e) = failure {
             return Err(e);
         }
-        state = RunState {
-            step: trainer.step,
-            epoch: position.0,
-            batch: position.1,
-            tokens_seen: trainer.tokens_seen,
-            adam_step: trainer.opt.step,
-            ..state
-        };
-        let saved = checkpoint::save(&ckpt_dir, &trainer, &state)?;
-        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1))?;
+        let saved = rundir::checkpoint_at(
+            &ckpt_dir,
+            &trainer,
+            &mut state,
+            position,
+            cfg.keep_checkpoints,
+        )?;
         obs.checkpoint(&saved);
         let finished = !stop && !due || trainer.step >= total_steps;
         if stop && !finished {
@@ -820,43 +507,16 @@ pub fn finetune_classify(
         let (train_loss, train_accuracy) = eval(&data.train)?;
         let (val_loss, val_accuracy) = eval(&data.val)?;
         let (test_loss, test_accuracy) = eval(&data.test)?;
-        let model_dir = run_dir.join("model");
-        match &cfg.lora {
-            Some(l) => {
-                // The adapters and everything that is not the base's (the new head) on their own.
-                let own: HashMap<String, Tensor> = trainer
-                    .weights()
-                    .into_iter()
-                    .filter(|(n, _)| n.starts_with("out_head.") || !base_tensors.contains_key(n))
-                    .collect();
-                let base_path = if cfg.model_config.is_some()
-                    || (GptConfig::preset(&cfg.model).is_some() && !Path::new(&cfg.model).exists())
-                {
-                    // A random base cannot be found again by path: keep it beside the adapter.
-                    let base_dir = run_dir.join("base");
-                    modeldir::save(&base_dir, &base_cfg, &base_tensors, &tok)?;
-                    base_dir
-                } else {
-                    PathBuf::from(&cfg.model)
-                };
-                modeldir::save_adapter(
-                    &run_dir.join("adapter"),
-                    &base_path,
-                    &model_cfg,
-                    l,
-                    &own,
-                    &tok,
-                    &modeldir::Meta {
-                        classifier: Some(spec.clone()),
-                        prompt_style: None,
-                    },
-                )?;
-                if cfg.merge {
-                    save_model(&trainer, &model_dir)?;
-                }
-            }
-            None => save_model(&trainer, &model_dir)?,
-        }
+        let out = output.finish(
+            &trainer,
+            &Base {
+                source: &cfg.model,
+                random: cfg.model_config.is_some() || is_preset(&cfg.model),
+                cfg: &base_cfg,
+                tensors: &base_tensors,
+            },
+            cfg.merge,
+        )?;
         let results = Results {
             labels: data.labels.clone(),
             train_examples: data.train.len(),
@@ -874,11 +534,6 @@ pub fn finetune_classify(
             seconds: started.elapsed().as_secs_f64(),
         };
         write_json(&run_dir.join("results.json"), &results)?;
-        let out = if cfg.lora.is_some() && !cfg.merge {
-            run_dir.join("adapter")
-        } else {
-            model_dir
-        };
         return Ok((Ending::Finished { model_dir: out }, Some(results)));
     }
 }

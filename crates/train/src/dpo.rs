@@ -9,9 +9,9 @@
 //! Run directory (as pretraining's): `config.json`, `metrics.jsonl` (per step: loss and rewards; per
 //! evaluation: train and validation loss, chosen and rejected rewards, margin), `loss.svg`,
 //! `margin.svg`, `checkpoints/`, `model/` (or `adapter/`), `results.json`.
-use crate::checkpoint::{self, RunState};
-use crate::classify::Trainable;
+use crate::checkpoint;
 use crate::data::Loader;
+use crate::finetune::{is_preset, Base, Output, Trainable};
 use crate::instruct::{read_entries, split, Entry};
 use crate::metrics::Metrics;
 use crate::optim::AdamWConfig;
@@ -25,7 +25,6 @@ use scratchllm_model::{modeldir, DropoutRng, Gpt, GptConfig, ModelError, PromptS
 use scratchllm_tokenizer::{SpecialMode, Tokenizer, ENDOFTEXT};
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -387,18 +386,15 @@ pub fn finetune_dpo(
         ctx: model_cfg.context_length,
     };
     let style = cfg.prompt_style;
-    let meta = modeldir::Meta {
-        classifier: None,
-        prompt_style: Some(style),
-    };
-    let save_model = |t: &Trainer, dir: &Path| -> Result<()> {
-        match &cfg.lora {
-            None => modeldir::save_with(dir, &model_cfg, &t.weights(), &tok, &meta),
-            Some(l) => {
-                let (plain, merged) = lora::merge(&model_cfg, &t.weights(), l)?;
-                modeldir::save_with(dir, &plain, &merged, &tok, &meta)
-            }
-        }
+    let output = Output {
+        run_dir,
+        model_cfg: &model_cfg,
+        lora: cfg.lora.as_ref(),
+        tok: &tok,
+        meta: modeldir::Meta {
+            classifier: None,
+            prompt_style: Some(style),
+        },
     };
     let rewards = Cell::new((0f32, 0f32));
     let mut position = (state.epoch, state.batch);
@@ -454,16 +450,13 @@ pub fn finetune_dpo(
         if let Some(e) = failure {
             return Err(e);
         }
-        state = RunState {
-            step: trainer.step,
-            epoch: position.0,
-            batch: position.1,
-            tokens_seen: trainer.tokens_seen,
-            adam_step: trainer.opt.step,
-            ..state
-        };
-        let saved = checkpoint::save(&ckpt_dir, &trainer, &state)?;
-        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1))?;
+        let saved = rundir::checkpoint_at(
+            &ckpt_dir,
+            &trainer,
+            &mut state,
+            position,
+            cfg.keep_checkpoints,
+        )?;
         obs.checkpoint(&saved);
         let finished = !stop && !due || trainer.step >= total_steps;
         if stop && !finished {
@@ -472,43 +465,16 @@ pub fn finetune_dpo(
         if !finished {
             continue;
         }
-        let model_dir = run_dir.join("model");
-        let out = match &cfg.lora {
-            Some(l) => {
-                let own: HashMap<String, Tensor> = trainer
-                    .weights()
-                    .into_iter()
-                    .filter(|(n, _)| !base_tensors.contains_key(n))
-                    .collect();
-                let base_path =
-                    if GptConfig::preset(&cfg.model).is_some() && !Path::new(&cfg.model).exists() {
-                        let base_dir = run_dir.join("base");
-                        modeldir::save(&base_dir, &model_cfg, &base_tensors, &tok)?;
-                        base_dir
-                    } else {
-                        PathBuf::from(&cfg.model)
-                    };
-                modeldir::save_adapter(
-                    &run_dir.join("adapter"),
-                    &base_path,
-                    &model_cfg,
-                    l,
-                    &own,
-                    &tok,
-                    &meta,
-                )?;
-                if cfg.merge {
-                    save_model(&trainer, &model_dir)?;
-                    model_dir
-                } else {
-                    run_dir.join("adapter")
-                }
-            }
-            None => {
-                save_model(&trainer, &model_dir)?;
-                model_dir
-            }
-        };
+        let out = output.finish(
+            &trainer,
+            &Base {
+                source: &cfg.model,
+                random: is_preset(&cfg.model),
+                cfg: &model_cfg,
+                tensors: &base_tensors,
+            },
+            cfg.merge,
+        )?;
         let results = DpoResults {
             train_pairs: train.len(),
             val_pairs: val.len(),

@@ -6,9 +6,9 @@
 //! `best/` (lowest validation loss), `model/` (or `adapter/` with LoRA), `results.json` (loss and
 //! perplexity of the reference responses on each split) and `test-responses.json` (the test entries
 //! with `model_response`, as the book's `instruction-data-with-response.json`).
-use crate::checkpoint::{self, RunState};
-use crate::classify::Trainable;
+use crate::checkpoint;
 use crate::data::Loader;
+use crate::finetune::{is_preset, starting_model, Base, Output, Trainable};
 use crate::loss::{cross_entropy, IGNORE_INDEX};
 use crate::metrics::Metrics;
 use crate::optim::AdamWConfig;
@@ -26,7 +26,6 @@ use scratchllm_model::{
 use scratchllm_tokenizer::{SpecialMode, Tokenizer, ENDOFTEXT};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -396,17 +395,8 @@ pub fn finetune_instruct(
         rundir::open(run_dir, new, CONFIG_VERSION, |c: &InstructConfig| c.version)?;
     cfg.validate()?;
     let device = Device::Cpu;
-    let (base_cfg, base, tok) = match &cfg.model_config {
-        Some(mc) => (
-            mc.clone(),
-            Weights::random(mc, cfg.seed, &device)?,
-            scratchllm_tokenizer::gpt2()?,
-        ),
-        None => {
-            let f = modeldir::load_or_preset(&cfg.model, cfg.seed, &device)?;
-            (f.config, f.weights, f.tokenizer)
-        }
-    };
+    let (base_cfg, base, tok) =
+        starting_model(&cfg.model, cfg.model_config.as_ref(), cfg.seed, &device)?;
     if base_cfg.num_classes.is_some() {
         return Err(err(
             Path::new(&cfg.model),
@@ -485,32 +475,15 @@ pub fn finetune_instruct(
     let tokens = |d: &[Tokenized]| d.iter().map(|t| t.ids.len()).sum::<usize>();
     obs.start(total_steps, state.step, tokens(&train), tokens(&val));
     let style = cfg.prompt_style;
-    let save_model = |t: &Trainer, dir: &Path| -> Result<()> {
-        match &cfg.lora {
-            None => modeldir::save_with(
-                dir,
-                &model_cfg,
-                &t.weights(),
-                &tok,
-                &modeldir::Meta {
-                    classifier: None,
-                    prompt_style: Some(style),
-                },
-            ),
-            Some(l) => {
-                let (plain, merged) = lora::merge(&model_cfg, &t.weights(), l)?;
-                modeldir::save_with(
-                    dir,
-                    &plain,
-                    &merged,
-                    &tok,
-                    &modeldir::Meta {
-                        classifier: None,
-                        prompt_style: Some(style),
-                    },
-                )
-            }
-        }
+    let output = Output {
+        run_dir,
+        model_cfg: &model_cfg,
+        lora: cfg.lora.as_ref(),
+        tok: &tok,
+        meta: modeldir::Meta {
+            classifier: None,
+            prompt_style: Some(style),
+        },
     };
     let mut position = (state.epoch, state.batch);
     loop {
@@ -554,7 +527,7 @@ pub fn finetune_instruct(
                     if e.val_loss.is_finite() && state.best_val_loss.is_none_or(|b| e.val_loss < b) {
                         state.best_val_loss = Some(e.val_loss);
                         state.best_step = Some(r.step + 1);
-                        save_model(t, &run_dir.join("best"))?;
+                        output.save_model(t, &run_dir.join("best"))?;
                     }
                 }
                 stop = obs.stop_requested();
@@ -565,16 +538,13 @@ pub fn finetune_instruct(
         if let Some(e) = failure {
             return Err(e);
         }
-        state = RunState {
-            step: trainer.step,
-            epoch: position.0,
-            batch: position.1,
-            tokens_seen: trainer.tokens_seen,
-            adam_step: trainer.opt.step,
-            ..state
-        };
-        let saved = checkpoint::save(&ckpt_dir, &trainer, &state)?;
-        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1))?;
+        let saved = rundir::checkpoint_at(
+            &ckpt_dir,
+            &trainer,
+            &mut state,
+            position,
+            cfg.keep_checkpoints,
+        )?;
         obs.checkpoint(&saved);
         let finished = !stop && !due || trainer.step >= total_steps;
         if stop && !finished {
@@ -585,47 +555,16 @@ pub fn finetune_instruct(
         }
         let eval = |d: &[Tokenized]| evaluate(&trainer.model, d, pad, &cfg, ctx, None);
         let (train_loss, val_loss, test_loss) = (eval(&train)?, eval(&val)?, eval(&test)?);
-        let model_dir = run_dir.join("model");
-        let out = match &cfg.lora {
-            Some(l) => {
-                let own: HashMap<String, Tensor> = trainer
-                    .weights()
-                    .into_iter()
-                    .filter(|(n, _)| !base_tensors.contains_key(n))
-                    .collect();
-                let base_path = if cfg.model_config.is_some()
-                    || (GptConfig::preset(&cfg.model).is_some() && !Path::new(&cfg.model).exists())
-                {
-                    let base_dir = run_dir.join("base");
-                    modeldir::save(&base_dir, &base_cfg, &base_tensors, &tok)?;
-                    base_dir
-                } else {
-                    PathBuf::from(&cfg.model)
-                };
-                modeldir::save_adapter(
-                    &run_dir.join("adapter"),
-                    &base_path,
-                    &model_cfg,
-                    l,
-                    &own,
-                    &tok,
-                    &modeldir::Meta {
-                        classifier: None,
-                        prompt_style: Some(style),
-                    },
-                )?;
-                if cfg.merge {
-                    save_model(&trainer, &model_dir)?;
-                    model_dir
-                } else {
-                    run_dir.join("adapter")
-                }
-            }
-            None => {
-                save_model(&trainer, &model_dir)?;
-                model_dir
-            }
-        };
+        let out = output.finish(
+            &trainer,
+            &Base {
+                source: &cfg.model,
+                random: cfg.model_config.is_some() || is_preset(&cfg.model),
+                cfg: &base_cfg,
+                tensors: &base_tensors,
+            },
+            cfg.merge,
+        )?;
         if cfg.response_tokens > 0 {
             let mut responses = Vec::with_capacity(test_e.len());
             for e in &test_e {

@@ -4,7 +4,7 @@
 //! Run directory: `config.json` (the resolved [`PretrainConfig`]), `metrics.jsonl` (one object per
 //! step and per evaluation), `loss.svg`, `checkpoints/step-N/` (the newest few), `best/` (the model
 //! with the lowest validation loss so far) and `model/` (written at the end and at every stop).
-use crate::checkpoint::{self, RunState};
+use crate::checkpoint;
 use crate::data::{split_text, Loader, Windows};
 use crate::metrics::Metrics;
 use crate::optim::{AdamWConfig, Schedule};
@@ -346,16 +346,13 @@ pub fn pretrain(
         if let Some(e) = failure {
             return Err(e);
         }
-        state = RunState {
-            step: trainer.step,
-            epoch: position.0,
-            batch: position.1,
-            tokens_seen: trainer.tokens_seen,
-            adam_step: trainer.opt.step,
-            ..state
-        };
-        let saved = checkpoint::save(&ckpt_dir, &trainer, &state)?;
-        checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints.max(1))?;
+        let saved = crate::rundir::checkpoint_at(
+            &ckpt_dir,
+            &trainer,
+            &mut state,
+            position,
+            cfg.keep_checkpoints,
+        )?;
         obs.checkpoint(&saved);
         let finished = !stop && !due || trainer.step >= trainer.settings.schedule.total_steps;
         if stop || finished {

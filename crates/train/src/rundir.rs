@@ -1,6 +1,7 @@
 //! What every training run directory shares: its `config.json` (written when a run starts, read
 //! back on resume, with a format version), its checkpoints directory, and JSON outputs.
 use crate::checkpoint::{self, RunState};
+use crate::trainer::Trainer;
 use scratchllm_model::ModelError;
 use scratchllm_tokenizer::io::atomic_write;
 use serde::de::DeserializeOwned;
@@ -78,4 +79,26 @@ pub(crate) fn fresh_state() -> RunState {
         val_loss: None,
         best_val_accuracy: None,
     }
+}
+
+/// After a stretch of training: records where the run stands in `state`, writes the checkpoint and
+/// keeps the newest `keep` (at least one). Returns the checkpoint's directory.
+pub(crate) fn checkpoint_at(
+    ckpt_dir: &Path,
+    trainer: &Trainer,
+    state: &mut RunState,
+    position: (usize, usize),
+    keep: usize,
+) -> Result<PathBuf> {
+    *state = RunState {
+        step: trainer.step,
+        epoch: position.0,
+        batch: position.1,
+        tokens_seen: trainer.tokens_seen,
+        adam_step: trainer.opt.step,
+        ..state.clone()
+    };
+    let saved = checkpoint::save(ckpt_dir, trainer, state)?;
+    checkpoint::prune(ckpt_dir, keep.max(1))?;
+    Ok(saved)
 }
