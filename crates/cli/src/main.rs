@@ -67,6 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    scratchllm_model::kernels::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenize(a) => tokenize::tokenize(a),

@@ -10,7 +10,7 @@ use crate::config::GptConfig;
 use crate::error::Result;
 use crate::lora::LoraSpec;
 use crate::weights::Weights;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear};
 
 /// The source of dropout masks in training mode.
@@ -73,13 +73,12 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?; // (B, T, 1)
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?; // biased: divides by C
-        let normed = centered.broadcast_div(&(var + Self::EPS)?.sqrt()?)?;
-        Ok(normed
-            .broadcast_mul(&self.scale)?
-            .broadcast_add(&self.shift)?)
+        Ok(crate::kernels::layer_norm(
+            x,
+            &self.scale,
+            &self.shift,
+            Self::EPS,
+        )?)
     }
 }
 
@@ -93,7 +92,21 @@ pub struct Lin {
 
 impl Lin {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
+        // One (rows, in) x (in, out) product: candle's Linear would broadcast the weight over the
+        // batch, and its backward then sums B per-batch weight gradients.
+        let dims = x.dims();
+        let (last, lead) = dims.split_last().ok_or_else(|| {
+            crate::error::ModelError::Config("a linear layer needs at least one dimension".into())
+        })?;
+        let w = self.base.weight();
+        let rows: usize = lead.iter().product();
+        let mut y = x.reshape((rows, *last))?.matmul(&w.t()?)?;
+        if let Some(b) = self.base.bias() {
+            y = y.broadcast_add(b)?;
+        }
+        let mut shape = lead.to_vec();
+        shape.push(w.dim(0)?);
+        let y = y.reshape(shape)?;
         match &self.lora {
             None => Ok(y),
             Some((a, b, scale)) => {
@@ -225,31 +238,13 @@ impl MultiHeadAttention {
         if let Some((cache, layer)) = cache {
             (k, v) = cache.append(layer, k, v)?;
         }
-        let tk = k.dims()[2];
-        let scores = (q.matmul(&k.t()?)? / (hs as f64).sqrt())?; // (B, nh, T, Tk)
-        let scores = scores.broadcast_add(&causal_mask(t, tk, offset, x.device())?)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let scores = q.matmul(&k.t()?)?; // (B, nh, T, Tk)
+        let weights = crate::kernels::causal_softmax(&scores, 1.0 / (hs as f64).sqrt(), offset)?;
         let weights = dropout(&weights, self.drop_rate, train)?;
         let y = weights.matmul(&v)?; // (B, nh, T, hs)
         let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
         self.out_proj.forward(&y)
     }
-}
-
-/// (T, Tk) additive mask: query i (at position offset + i) sees keys 0..=offset + i.
-fn causal_mask(t: usize, tk: usize, offset: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..tk).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, tk), device)?)
 }
 
 /// The feed-forward block: C → 4C, GELU (tanh approximation), 4C → C.
@@ -268,8 +263,8 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation GPT-2 uses (`gelu_erf` is the exact one).
-        self.proj.forward(&self.fc.forward(x)?.gelu()?)
+        self.proj
+            .forward(&crate::kernels::gelu(&self.fc.forward(x)?)?)
     }
 }
 

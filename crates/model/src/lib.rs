@@ -6,6 +6,7 @@ mod config;
 mod error;
 pub mod generate;
 mod gpt;
+pub mod kernels;
 pub mod lora;
 pub mod modeldir;
 pub mod prompt;

@@ -1,9 +1,9 @@
 //! Cross-entropy with an ignore index (PyTorch's `F.cross_entropy(..., ignore_index=-100)`).
 //!
 //! Targets equal to the ignore index contribute nothing and are not counted in the mean, which is
-//! how the book masks padding in instruction fine-tuning (chapter 7). Built from candle ops that
-//! have a backward (the composed `log_softmax`, `gather`, products and sums).
-use candle_core::{DType, Result, Tensor, D};
+//! how the book masks padding in instruction fine-tuning (chapter 7). A fused kernel on the CPU
+//! ([`scratchllm_model::kernels::cross_entropy`]), candle's composed ops elsewhere.
+use candle_core::{Result, Tensor};
 
 /// PyTorch's default ignore index.
 pub const IGNORE_INDEX: i64 = -100;
@@ -11,31 +11,7 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Mean cross-entropy of logits (N, V) against `targets` (N), skipping `ignore_index`.
 /// Like PyTorch, the result is NaN when every target is ignored.
 pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: i64) -> Result<Tensor> {
-    let (n, v) = logits.dims2()?;
-    if targets.len() != n {
-        candle_core::bail!("{} targets for {n} rows of logits", targets.len());
-    }
-    if let Some(bad) = targets
-        .iter()
-        .find(|&&t| t != ignore_index && !(0..v as i64).contains(&t))
-    {
-        candle_core::bail!("target {bad} is outside the vocabulary of {v}");
-    }
-    let idx: Vec<u32> = targets
-        .iter()
-        .map(|&t| if t == ignore_index { 0 } else { t as u32 })
-        .collect();
-    let mask: Vec<f32> = targets
-        .iter()
-        .map(|&t| if t == ignore_index { 0.0 } else { 1.0 })
-        .collect();
-    let count = mask.iter().sum::<f32>();
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?; // (N, V)
-    let picked = logp
-        .gather(&Tensor::from_vec(idx, (n, 1), logits.device())?, 1)?
-        .squeeze(1)?; // (N)
-    let masked = (picked * Tensor::from_vec(mask, n, logits.device())?)?;
-    masked.sum_all()?.neg()? / count as f64
+    scratchllm_model::kernels::cross_entropy(logits, targets, ignore_index)
 }
 
 #[cfg(test)]

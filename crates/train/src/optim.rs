@@ -1,10 +1,10 @@
 //! AdamW with PyTorch's exact update, global-norm gradient clipping, and the book's learning-rate
 //! schedule (appendix D: linear warmup from a start rate, then cosine decay to a minimum).
 //!
-//! The update runs on plain `f32` buffers, in the order of `torch.optim.AdamW` (single-tensor path):
-//! `p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = b2*v + (1-b2)*g*g;
-//!  p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)`.
+//! The update (in place, in the order of `torch.optim.AdamW`'s single-tensor path) is
+//! [`scratchllm_model::kernels::adamw_step`]; the moments live here as plain `f32` buffers.
 use candle_core::{Result, Tensor, Var};
+use scratchllm_model::kernels::{self, AdamWStep};
 
 /// AdamW hyper-parameters (PyTorch defaults but the book's weight decay).
 #[derive(Clone, Debug, PartialEq)]
@@ -70,59 +70,49 @@ impl AdamW {
         }
     }
 
-    /// One update with gradients `grads[i]` (flattened) for parameter `i`; `None` skips it.
-    pub fn update(&mut self, grads: &[Option<Vec<f32>>]) -> Result<()> {
+    /// One update with gradients `grads[i]` for parameter `i` (`None` skips it), each first
+    /// multiplied by `grad_scale` (the clipping coefficient, or 1). In place, multi-threaded on the
+    /// CPU ([`kernels::adamw_step`]).
+    pub fn update(&mut self, grads: &[Option<Tensor>], grad_scale: f32) -> Result<()> {
         self.step += 1;
         let c = &self.cfg;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = (c.lr / bias1) as f32;
-        let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let bias2_sqrt = bias2_sqrt as f32;
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
-            let mut w: Vec<f32> = p.var.as_tensor().flatten_all()?.to_vec1()?;
-            let decay = if p.decay {
-                (1.0 - c.lr * c.weight_decay) as f32
-            } else {
-                1.0
+            let step = AdamWStep {
+                decay: if p.decay {
+                    (1.0 - c.lr * c.weight_decay) as f32
+                } else {
+                    1.0
+                },
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                eps: c.eps as f32,
+                step_size: (c.lr / bias1) as f32,
+                bias2_sqrt: bias2_sqrt as f32,
+                grad_scale,
             };
-            for i in 0..w.len() {
-                w[i] *= decay;
-                p.m[i] += (g[i] - p.m[i]) * (1.0 - b1);
-                p.v[i] = p.v[i] * b2 + (1.0 - b2) * g[i] * g[i];
-                let denom = p.v[i].sqrt() / bias2_sqrt + eps;
-                w[i] -= step_size * p.m[i] / denom;
-            }
-            let shape = p.var.shape().clone();
-            p.var.set(&Tensor::from_vec(w, shape, p.var.device())?)?;
+            kernels::adamw_step(&p.var, g, &mut p.m, &mut p.v, &step)?;
         }
         Ok(())
     }
 }
 
-/// The global L2 norm of all gradients (`torch.nn.utils.clip_grad_norm_`'s total norm).
-pub fn global_norm(grads: &[Option<Vec<f32>>]) -> f32 {
-    let sum: f64 = grads
-        .iter()
-        .flatten()
-        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .sum();
-    sum.sqrt() as f32
+/// The global L2 norm of all gradients (`torch.nn.utils.clip_grad_norm_`'s total norm), summed in
+/// f64.
+pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f32> {
+    let mut sum = 0.0f64;
+    for g in grads.iter().flatten() {
+        sum += kernels::sum_of_squares(g)?;
+    }
+    Ok(sum.sqrt() as f32)
 }
 
-/// Scales gradients so their global norm is at most `max_norm`, as PyTorch does
-/// (`coef = max_norm / (norm + 1e-6)`, applied when below 1). Returns the norm before clipping.
-pub fn clip(grads: &mut [Option<Vec<f32>>], max_norm: f32) -> f32 {
-    let norm = global_norm(grads);
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        grads
-            .iter_mut()
-            .flatten()
-            .for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
-    }
-    norm
+/// The factor PyTorch's `clip_grad_norm_` scales gradients by so their global norm is at most
+/// `max_norm`: `max_norm / (norm + 1e-6)`, at most 1.
+pub fn clip_coef(norm: f32, max_norm: f32) -> f32 {
+    (max_norm / (norm + 1e-6)).min(1.0)
 }
 
 /// The learning rate per step (0-based).

@@ -4,7 +4,7 @@
 //! norm measured (and clipped when asked: from the first step, or only once warmup is over as
 //! appendix D does), the learning rate set from the schedule, and one AdamW update.
 use crate::data::{batch_tensors, Loader, Windows};
-use crate::optim::{clip, global_norm, AdamW, AdamWConfig, Schedule};
+use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, Schedule};
 use candle_core::{Device, Tensor, Var};
 use scratchllm_model::{DropoutRng, Gpt, GptConfig, LoraSpec, Weights};
 use std::collections::HashMap;
@@ -187,7 +187,7 @@ impl Trainer {
         micro_loss: &mut MicroLoss,
     ) -> Result<StepRecord> {
         let n = n_micro.max(1) as f64;
-        let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.opt.params.len()];
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params.len()];
         let mut total_loss = 0.0;
         for k in 0..n_micro {
             // Masks depend on the run's seed, the step and the micro-batch only (resumable).
@@ -198,28 +198,30 @@ impl Trainer {
             let (loss, tokens) = micro_loss(&self.model, k, &rng)?;
             let loss = (loss / n)?;
             total_loss += loss.to_scalar::<f32>()? as f64;
-            let store = loss.backward()?;
+            let mut store = loss.backward()?;
             for (slot, p) in grads.iter_mut().zip(&self.opt.params) {
-                if let Some(g) = store.get(p.var.as_tensor()) {
-                    let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
-                    match slot {
-                        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-                        None => *slot = Some(g),
-                    }
+                if let Some(g) = store.remove(p.var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g,
+                    });
                 }
             }
+            drop(store);
             self.tokens_seen += tokens;
         }
         let s = &self.settings;
-        let grad_norm = match s.grad_clip {
+        let grad_norm = global_norm(&grads)?;
+        let grad_scale = match s.grad_clip {
             Some(max) if !s.clip_after_warmup || self.step >= s.schedule.warmup_steps => {
-                clip(&mut grads, max)
+                clip_coef(grad_norm, max)
             }
-            _ => global_norm(&grads),
+            _ => 1.0,
         };
         let lr = s.schedule.lr(self.step);
         self.opt.cfg.lr = lr;
-        self.opt.update(&grads)?;
+        self.opt.update(&grads, grad_scale)?;
+        drop(grads);
         let record = StepRecord {
             step: self.step,
             epoch,
