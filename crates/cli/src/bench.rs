@@ -39,6 +39,9 @@ pub struct GenerateBench {
     prompt_tokens: usize,
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
+    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
+    dtype: crate::model::WeightDtype,
 }
 
 #[derive(Args)]
@@ -102,9 +105,9 @@ fn tokenizer(b: TokenizerBench) -> Result<()> {
 }
 
 fn generate(b: GenerateBench) -> Result<()> {
-    use scratchllm_model::{generate::GenerateOptions, Gpt};
+    use scratchllm_model::generate::GenerateOptions;
     let files = crate::model::load_model(&b.model, 0)?;
-    let model = Gpt::new(&files.config, &files.weights)?;
+    let model = crate::model::build_model(&files, b.dtype)?;
     let vocab = files.config.vocab_size as u64;
     // A fixed pseudo-random prompt, as the peer's `torch.randint`.
     let prompt: Vec<u32> = (0..b.prompt_tokens as u64)

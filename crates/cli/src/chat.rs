@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use scratchllm_model::prompt::{Message, Role};
 use scratchllm_model::stop::StopFilter;
-use scratchllm_model::{GenerateOptions, Generation, Gpt, PromptStyle};
+use scratchllm_model::{GenerateOptions, Generation, PromptStyle};
 use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -33,6 +33,9 @@ pub struct ChatArgs {
     /// A system message (replaces the Alpaca preamble).
     #[arg(long)]
     system: Option<String>,
+    /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
+    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
+    dtype: crate::model::WeightDtype,
 }
 
 const HELP: &str = "commands: /reset (new conversation), /temp X (0 = greedy), /topk K (0 = off), \
@@ -106,7 +109,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))?,
         None => files.prompt_style.unwrap_or(PromptStyle::Alpaca),
     };
-    let model = Gpt::new(&files.config, &files.weights)?;
+    let model = crate::model::build_model(&files, a.dtype)?;
     let tok = &files.tokenizer;
     let ctx = files.config.context_length;
     let generating = Arc::new(AtomicBool::new(false));

@@ -25,6 +25,10 @@ use std::process::ExitCode;
     propagate_version = true
 )]
 struct Cli {
+    /// Threads for the numeric work (default: the physical cores; also CANDLE_NUM_THREADS or
+    /// RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +73,7 @@ enum Command {
 fn main() -> ExitCode {
     scratchllm_model::kernels::keep_freed_memory();
     let cli = Cli::parse();
+    scratchllm_model::kernels::set_threads(cli.threads);
     let result = match cli.command {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),

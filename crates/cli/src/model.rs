@@ -8,6 +8,26 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Loads a model directory/file of any layout, or a preset with random weights.
+/// How a model's weight matrices are stored for inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightDtype {
+    F32,
+    /// bf16 matrices (linear layers, embeddings); norms, biases and activations stay f32.
+    Bf16,
+}
+
+/// The model of `files` with its matrices stored as `dtype`.
+pub fn build_model(files: &ModelFiles, dtype: WeightDtype) -> Result<Gpt> {
+    let model = match dtype {
+        WeightDtype::F32 => Gpt::new(&files.config, &files.weights)?,
+        WeightDtype::Bf16 => Gpt::new(
+            &files.config,
+            &files.weights.matrices_to(candle_core::DType::BF16)?,
+        )?,
+    };
+    Ok(model)
+}
+
 pub fn load_model(spec: &str, seed: u64) -> Result<ModelFiles> {
     modeldir::load_or_preset(spec, seed, &Device::Cpu)
         .with_context(|| format!("loading model {spec:?}"))
@@ -166,6 +186,9 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value = "text")]
     format: GenFormat,
+    /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
+    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    dtype: WeightDtype,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -176,7 +199,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             a.model
         );
     }
-    let model = Gpt::new(&files.config, &files.weights)?;
+    let model = build_model(&files, a.dtype)?;
     let tok = &files.tokenizer;
     let prompt = tok.encode(&a.prompt, SpecialMode::Allow)?;
     let ctx = files.config.context_length;

@@ -100,10 +100,22 @@ impl Lin {
         })?;
         let w = self.base.weight();
         let rows: usize = lead.iter().product();
-        let mut y = x.reshape((rows, *last))?.matmul(&w.t()?)?;
-        if let Some(b) = self.base.bias() {
-            y = y.broadcast_add(b)?;
-        }
+        let x2 = x.reshape((rows, *last))?;
+        let y = match crate::kernels::linear_rows(&x2, w, self.base.bias())? {
+            Some(y) => y,
+            None => {
+                let w = if w.dtype() == x.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x.dtype())? // bf16 weights under f32 activations
+                };
+                let y = x2.matmul(&w.t()?)?;
+                match self.base.bias() {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
+        };
         let mut shape = lead.to_vec();
         shape.push(w.dim(0)?);
         let y = y.reshape(shape)?;
@@ -409,10 +421,13 @@ impl Gpt {
             )));
         }
         let pos = Tensor::arange(offset as u32, (offset + t) as u32, idx.device())?;
+        // Activations take the norms' dtype; matrices may be stored narrower (bf16 weights).
+        let act = self.final_norm.scale.dtype();
         let x = self
             .tok_emb
             .forward(idx)?
-            .broadcast_add(&self.pos_emb.forward(&pos)?)?; // (B, T, C)
+            .to_dtype(act)?
+            .broadcast_add(&self.pos_emb.forward(&pos)?.to_dtype(act)?)?; // (B, T, C)
         let mut x = dropout(&x, self.cfg.drop_rate, train)?;
         for (i, block) in self.trf_blocks.iter().enumerate() {
             x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;

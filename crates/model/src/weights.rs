@@ -53,6 +53,28 @@ impl Weights {
         self.tensors
     }
 
+    /// The same weights with every matrix (linear layers, embeddings) stored as `dtype` and the
+    /// vectors (biases, norms) left as they are: the model then computes in the vectors' dtype and
+    /// reads the matrices in `dtype` (bf16 halves the memory and the bytes generation streams).
+    pub fn matrices_to(&self, dtype: DType) -> Result<Weights> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = if t.rank() == 2 {
+                    t.to_dtype(dtype)?
+                } else {
+                    t.clone()
+                };
+                Ok((n.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Weights::new(
+            tensors,
+            format!("{} ({dtype:?} matrices)", self.source),
+        ))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -112,3 +112,34 @@ fn fused_and_plain_cached_generation_agree() {
     assert!(max_diff(&outs[0].0, &outs[1].0) < 1e-4);
     assert!(max_diff(&outs[0].1, &outs[1].1) < 1e-4);
 }
+
+#[test]
+fn bf16_weights_compute_as_the_rounded_weights_in_f32() {
+    use candle_core::DType;
+    let cfg = GptConfig {
+        tie_embeddings: true,
+        ..config()
+    };
+    let weights = Weights::random(&cfg, 11, &Device::Cpu).unwrap();
+    let narrow = weights.matrices_to(DType::BF16).unwrap();
+    assert_eq!(
+        narrow.tensors()["trf_blocks.0.ff.layers.0.weight"].dtype(),
+        DType::BF16
+    );
+    assert_eq!(
+        narrow.tensors()["trf_blocks.0.norm1.scale"].dtype(),
+        DType::F32
+    );
+    let rounded = narrow.matrices_to(DType::F32).unwrap();
+    let a = Gpt::new(&cfg, &narrow).unwrap();
+    let b = Gpt::new(&cfg, &rounded).unwrap();
+    let prompt = Tensor::new(&[[3u32, 99, 250, 7, 1, 2, 3, 4, 5, 6]], &Device::Cpu).unwrap();
+    let step = Tensor::new(&[[42u32]], &Device::Cpu).unwrap();
+    let (mut ca, mut cb) = (a.new_cache(), b.new_cache());
+    for x in [&prompt, &step] {
+        let la = a.forward_cached(x, &mut ca).unwrap();
+        let lb = b.forward_cached(x, &mut cb).unwrap();
+        assert_eq!(la.dtype(), DType::F32);
+        assert!(max_diff(&la, &lb) < 1e-4, "{}", max_diff(&la, &lb));
+    }
+}

@@ -16,6 +16,7 @@ mod alloc;
 mod cross_entropy;
 mod gelu;
 mod layer_norm;
+mod linear;
 pub mod reference;
 mod softmax;
 
@@ -24,6 +25,7 @@ pub use alloc::keep_freed_memory;
 pub use cross_entropy::cross_entropy;
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
+pub use linear::{linear_rows, MAX_ROWS};
 pub use softmax::causal_softmax;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
@@ -34,6 +36,24 @@ thread_local! {
     static FUSED: Cell<bool> = Cell::new(
         std::env::var("SCRATCHLLM_KERNELS").map_or(true, |v| v != "reference")
     );
+}
+
+/// Sets the number of threads for candle's ops and the kernels (`None`: keep the environment's
+/// `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`, else the physical cores). Call first thing in
+/// `main`, before any tensor work and before other threads start. The count is fixed in the
+/// environment either way: candle otherwise reads `/proc/cpuinfo` again on every matrix product.
+pub fn set_threads(threads: Option<usize>) {
+    let from_env = ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| s.parse::<usize>().is_ok_and(|n| n > 0)));
+    let n = match threads {
+        Some(n) => n.max(1),
+        None if from_env => return,
+        None => candle_core::utils::get_num_threads(),
+    };
+    // Only called at start-up, before threads that read the environment exist.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
 }
 
 /// Turns the fused kernels on or off for ops built on this thread from now on.
