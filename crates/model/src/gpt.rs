@@ -32,26 +32,27 @@ impl DropoutRng {
         }
     }
 
-    /// A keep-mask scaled by 1/(1-p), shaped like `x`.
-    fn mask(&self, x: &Tensor, p: f32) -> Result<Tensor> {
-        use rand::{Rng, SeedableRng};
+    /// The next mask, dropping with probability `p` (see [`crate::kernels::Mask`]).
+    fn next(&self, p: f32) -> crate::kernels::Mask {
         let k = self.calls.get();
         self.calls.set(k + 1);
-        let mut rng =
-            rand::rngs::StdRng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let keep = 1.0 / (1.0 - p);
-        let values: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-            .collect();
-        Ok(Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?)
+        crate::kernels::Mask::new(self.seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15), p)
     }
 }
 
 /// Dropout, active only when a generator is given (training mode).
 fn dropout(x: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
     match rng {
-        Some(rng) if p > 0.0 => Ok((x * rng.mask(x, p)?)?),
+        Some(rng) if p > 0.0 => Ok(crate::kernels::dropout(x, rng.next(p))?),
         _ => Ok(x.clone()),
+    }
+}
+
+/// The residual connection `x + dropout(h)`.
+fn residual(x: &Tensor, h: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 => Ok(crate::kernels::add_dropout(x, h, rng.next(p))?),
+        _ => Ok((x + h)?),
     }
 }
 
@@ -111,7 +112,7 @@ impl Lin {
                 };
                 let y = x2.matmul(&w.t()?)?;
                 match self.base.bias() {
-                    Some(b) => y.broadcast_add(b)?,
+                    Some(b) => crate::kernels::add_bias(&y, b)?,
                     None => y,
                 }
             }
@@ -309,19 +310,12 @@ impl TransformerBlock {
         offset: usize,
         train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
-        let x = (x + dropout(
-            &self
-                .att
-                .forward(&self.norm1.forward(x)?, cache, offset, train)?,
-            self.drop_rate,
-            train,
-        )?)?;
-        Ok((&x
-            + dropout(
-                &self.ff.forward(&self.norm2.forward(&x)?)?,
-                self.drop_rate,
-                train,
-            )?)?)
+        let h = self
+            .att
+            .forward(&self.norm1.forward(x)?, cache, offset, train)?;
+        let x = residual(x, &h, self.drop_rate, train)?;
+        let h = self.ff.forward(&self.norm2.forward(&x)?)?;
+        residual(&x, &h, self.drop_rate, train)
     }
 }
 

@@ -13,7 +13,9 @@
 //! multiply-adds, and sums run over a fixed number of lanes in a fixed order.
 mod adamw;
 mod alloc;
+mod bias;
 mod cross_entropy;
+mod dropout;
 mod gelu;
 mod layer_norm;
 mod linear;
@@ -22,7 +24,9 @@ mod softmax;
 
 pub use adamw::{adamw_step, AdamWStep};
 pub use alloc::keep_freed_memory;
+pub use bias::add_bias;
 pub use cross_entropy::cross_entropy;
+pub use dropout::{add_dropout, dropout, Mask};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use linear::{linear_rows, MAX_ROWS};
