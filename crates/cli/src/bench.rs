@@ -26,6 +26,9 @@ pub struct TrainBench {
     ctx: usize,
     #[arg(long, default_value_t = 6)]
     steps: usize,
+    /// Matrix products in f32, or bf16 (f32 master weights and accumulation, as PyTorch autocast).
+    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
+    dtype: crate::model::WeightDtype,
 }
 
 #[derive(Args)]
@@ -171,6 +174,7 @@ fn train(b: TrainBench) -> Result<()> {
         grad_accum: 1,
         no_decay_bias_norm: false,
     };
+    scratchllm_model::kernels::set_autocast_bf16(b.dtype == crate::model::WeightDtype::Bf16);
     let mut trainer = Trainer::new(&cfg, weights, settings)?;
     let idx: Vec<usize> = (0..b.batch.min(windows.len())).collect();
     let batch = scratchllm_train::batch_tensors(&windows, &idx, trainer.device())?;

@@ -110,7 +110,11 @@ impl Lin {
                 } else {
                     w.to_dtype(x.dtype())? // bf16 weights under f32 activations
                 };
-                let y = x2.matmul(&w.t()?)?;
+                let y = if crate::kernels::autocast_bf16() {
+                    crate::kernels::matmul_bf16(&x2, &w.t()?)?
+                } else {
+                    x2.matmul(&w.t()?)?
+                };
                 match self.base.bias() {
                     Some(b) => crate::kernels::add_bias(&y, b)?,
                     None => y,

@@ -231,7 +231,7 @@ fn take(map: &mut HashMap<String, Tensor>, name: &str, source: &str) -> Result<T
 /// Splits a fused `[.., 3C]` query/key/value tensor along its last dimension.
 fn split3(t: &Tensor) -> Result<[Tensor; 3]> {
     let n = t.dims()[t.rank() - 1];
-    if n % 3 != 0 {
+    if !n.is_multiple_of(3) {
         return Err(ModelError::Config(format!(
             "c_attn has width {n}, which is not 3 * emb_dim"
         )));

@@ -19,6 +19,7 @@ mod dropout;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod matmul_bf16;
 pub mod reference;
 mod softmax;
 
@@ -30,6 +31,7 @@ pub use dropout::{add_dropout, dropout, Mask};
 pub use gelu::gelu;
 pub use layer_norm::layer_norm;
 pub use linear::{linear_rows, MAX_ROWS};
+pub use matmul_bf16::{has_bf16_dot, matmul_bf16};
 pub use softmax::causal_softmax;
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
@@ -58,6 +60,21 @@ pub fn set_threads(threads: Option<usize>) {
     // Only called at start-up, before threads that read the environment exist.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+}
+
+thread_local! {
+    static AUTOCAST_BF16: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the linear layers of models run on this thread multiply in bf16 (f32 accumulation, f32
+/// weights and activations kept), as PyTorch's `autocast(dtype=torch.bfloat16)` does.
+pub fn set_autocast_bf16(on: bool) {
+    AUTOCAST_BF16.with(|f| f.set(on));
+}
+
+/// Whether linear layers on this thread multiply in bf16.
+pub fn autocast_bf16() -> bool {
+    AUTOCAST_BF16.with(|f| f.get())
 }
 
 /// Turns the fused kernels on or off for ops built on this thread from now on.
@@ -173,7 +190,8 @@ multiversion! {
 
 /// Compiles `$body` for AVX-512, AVX2+FMA and baseline x86-64 and picks one at run time.
 macro_rules! multiversion {
-    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn inner($($arg: $ty),*) $(-> $ret)? $body
