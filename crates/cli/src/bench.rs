@@ -109,8 +109,8 @@ fn tokenizer(b: TokenizerBench) -> Result<()> {
 
 fn generate(b: GenerateBench) -> Result<()> {
     use scratchllm_model::generate::GenerateOptions;
-    let files = crate::model::load_model(&b.model, 0)?;
-    let model = crate::model::build_model(&files, b.dtype)?;
+    let mut files = crate::model::load_model(&b.model, 0)?;
+    let model = crate::model::build_model(&mut files, b.dtype)?;
     let vocab = files.config.vocab_size as u64;
     // A fixed pseudo-random prompt, as the peer's `torch.randint`.
     let prompt: Vec<u32> = (0..b.prompt_tokens as u64)

@@ -97,7 +97,7 @@ fn command(line: &str, s: &mut Settings, history: &mut Vec<Message>) -> Option<S
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
-    let files = crate::model::load_model(&a.model.display().to_string(), a.seed)?;
+    let mut files = crate::model::load_model(&a.model.display().to_string(), a.seed)?;
     if files.config.num_classes.is_some() {
         bail!(
             "{} is a classifier; use `scratchllm classify`",
@@ -109,7 +109,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))?,
         None => files.prompt_style.unwrap_or(PromptStyle::Alpaca),
     };
-    let model = crate::model::build_model(&files, a.dtype)?;
+    let model = crate::model::build_model(&mut files, a.dtype)?;
     let tok = &files.tokenizer;
     let ctx = files.config.context_length;
     let generating = Arc::new(AtomicBool::new(false));

@@ -16,16 +16,13 @@ pub enum WeightDtype {
     Bf16,
 }
 
-/// The model of `files` with its matrices stored as `dtype`.
-pub fn build_model(files: &ModelFiles, dtype: WeightDtype) -> Result<Gpt> {
-    let model = match dtype {
-        WeightDtype::F32 => Gpt::new(&files.config, &files.weights)?,
-        WeightDtype::Bf16 => Gpt::new(
-            &files.config,
-            &files.weights.matrices_to(candle_core::DType::BF16)?,
-        )?,
-    };
-    Ok(model)
+/// The model of `files` with its matrices stored as `dtype` (bf16: `files` then holds the bf16
+/// weights too, so the f32 matrices are freed).
+pub fn build_model(files: &mut ModelFiles, dtype: WeightDtype) -> Result<Gpt> {
+    if dtype == WeightDtype::Bf16 {
+        files.weights = files.weights.matrices_to(candle_core::DType::BF16)?;
+    }
+    Ok(Gpt::new(&files.config, &files.weights)?)
 }
 
 pub fn load_model(spec: &str, seed: u64) -> Result<ModelFiles> {
@@ -192,14 +189,14 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let files = load_model(&a.model, a.seed)?;
+    let mut files = load_model(&a.model, a.seed)?;
     if files.config.num_classes.is_some() {
         bail!(
             "{} is a classifier; it labels text (`scratchllm classify`) rather than generating it",
             a.model
         );
     }
-    let model = build_model(&files, a.dtype)?;
+    let model = build_model(&mut files, a.dtype)?;
     let tok = &files.tokenizer;
     let prompt = tok.encode(&a.prompt, SpecialMode::Allow)?;
     let ctx = files.config.context_length;

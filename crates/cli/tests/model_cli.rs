@@ -92,6 +92,21 @@ fn generate_and_convert_keep_transformers_greedy_ids() {
             );
         }
     }
+    // bf16 weight matrices keep the greedy path on this model.
+    let bf16 = ok(run(&[
+        "generate",
+        "--model",
+        ours.to_str().unwrap(),
+        "--prompt",
+        p["text"].as_str().unwrap(),
+        "--max-new-tokens",
+        "20",
+        "--format",
+        "ids",
+        "--dtype",
+        "bf16",
+    ]));
+    assert_eq!(bf16.split_whitespace().collect::<Vec<_>>(), want, "bf16");
     let text = ok(run(&[
         "generate",
         "--model",

@@ -176,39 +176,85 @@ fn linear(
     })
 }
 
-/// Keys and values of the tokens seen so far, per layer: (B, nh, Tk, hs).
-#[derive(Clone, Debug, Default)]
+/// Keys and values of the tokens seen so far, per layer, in their natural (B, capacity, C) layout:
+/// new positions are written in place (no copy of the whole cache per token), and the buffers grow
+/// by doubling up to the context length.
+#[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+    context: usize,
+}
+
+impl Clone for KvCache {
+    /// A deep copy: the buffers are written in place, so clones must not share them.
+    fn clone(&self) -> Self {
+        let copy = |l: &Option<(Tensor, Tensor)>| {
+            l.as_ref().map(|(k, v)| {
+                (
+                    k.copy().unwrap_or_else(|_| k.clone()),
+                    v.copy().unwrap_or_else(|_| v.clone()),
+                )
+            })
+        };
+        KvCache {
+            layers: self.layers.iter().map(copy).collect(),
+            len: self.len,
+            context: self.context,
+        }
+    }
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize) -> Self {
+    /// An empty cache for `n_layers` layers and at most `context` positions.
+    pub fn new(n_layers: usize, context: usize) -> Self {
         KvCache {
             layers: vec![None; n_layers],
+            len: 0,
+            context,
         }
     }
 
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Appends this step's keys and values for `layer`; returns all of them.
-    fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = match self.layers[layer].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?), // (B, nh, Tk, hs)
+    /// Writes this step's keys and values (B, T, C) for `layer` after the cached positions;
+    /// returns the buffers (B, capacity, C), whose first `len() + T` positions are valid.
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, c) = k.dims3()?;
+        let need = self.len + t;
+        let cap = self.layers[layer].as_ref().map_or(0, |(k, _)| k.dims()[1]);
+        if need > cap {
+            let new_cap = (2 * cap).max(need).max(16).min(self.context.max(need));
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, new_cap, c), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = self.layers[layer].take();
+            let kb = grow(old.as_ref().map(|(k, _)| k))?;
+            let vb = grow(old.as_ref().map(|(_, v)| v))?;
+            self.layers[layer] = Some((kb, vb));
+        }
+        let Some((kb, vb)) = &self.layers[layer] else {
+            unreachable!("the layer's buffers were just made")
         };
-        self.layers[layer] = Some(kv.clone());
-        Ok(kv)
+        kb.slice_set(&k.contiguous()?, 1, self.len)?;
+        vb.slice_set(&v.contiguous()?, 1, self.len)?;
+        Ok((kb.clone(), vb.clone()))
+    }
+
+    /// Counts the `t` positions every layer has just appended.
+    fn advance(&mut self, t: usize) {
+        self.len += t;
     }
 }
 
@@ -246,15 +292,26 @@ impl MultiHeadAttention {
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (nh, hs) = (self.n_heads, c / self.n_heads);
-        let heads = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, nh, hs))?.transpose(1, 2)?.contiguous()?) // (B, nh, T, hs)
-        };
-        let q = heads(self.w_query.forward(x)?)?;
-        let mut k = heads(self.w_key.forward(x)?)?;
-        let mut v = heads(self.w_value.forward(x)?)?;
+        let (q, mut k, mut v) = (
+            self.w_query.forward(x)?,
+            self.w_key.forward(x)?,
+            self.w_value.forward(x)?,
+        ); // (B, T, C)
+        let mut tk = t;
         if let Some((cache, layer)) = cache {
-            (k, v) = cache.append(layer, k, v)?;
+            let (kb, vb) = cache.append(layer, &k, &v)?; // (B, capacity, C)
+            tk = offset + t;
+            if train.is_none() {
+                if let Some(y) = crate::kernels::cached_attention(&q, &kb, &vb, nh, tk)? {
+                    return self.out_proj.forward(&y);
+                }
+            }
+            (k, v) = (kb.narrow(1, 0, tk)?, vb.narrow(1, 0, tk)?);
         }
+        let heads = |y: &Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, n, nh, hs))?.transpose(1, 2)?.contiguous()?) // (B, nh, n, hs)
+        };
+        let (q, k, v) = (heads(&q, t)?, heads(&k, tk)?, heads(&v, tk)?);
         let scores = q.matmul(&k.t()?)?; // (B, nh, T, Tk)
         let weights = crate::kernels::causal_softmax(&scores, 1.0 / (hs as f64).sqrt(), offset)?;
         let weights = dropout(&weights, self.drop_rate, train)?;
@@ -430,12 +487,15 @@ impl Gpt {
         for (i, block) in self.trf_blocks.iter().enumerate() {
             x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;
         }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
         self.final_norm.forward(&x)
     }
 
     /// A fresh cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layers)
+        KvCache::new(self.cfg.n_layers, self.cfg.context_length)
     }
 
     /// The dtype of the weights.

@@ -161,19 +161,23 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
 fn load_and_work(state: Arc<AppState>) {
     let started = Instant::now();
     let opts = &state.opts;
-    let files = match modeldir::load(&opts.model, &candle_core::Device::Cpu) {
+    let mut files = match modeldir::load(&opts.model, &candle_core::Device::Cpu) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: loading {}: {e}", opts.model.display());
             std::process::exit(1);
         }
     };
-    let weights = if opts.bf16_weights {
-        files.weights.matrices_to(candle_core::DType::BF16)
-    } else {
-        Ok(files.weights.clone())
-    };
-    let model = match weights.and_then(|w| Gpt::new(&files.config, &w)) {
+    if opts.bf16_weights {
+        match files.weights.matrices_to(candle_core::DType::BF16) {
+            Ok(w) => files.weights = w, // the f32 matrices are freed
+            Err(e) => {
+                eprintln!("error: converting {} to bf16: {e}", opts.model.display());
+                std::process::exit(1);
+            }
+        }
+    }
+    let model = match Gpt::new(&files.config, &files.weights) {
         Ok(m) => m,
         Err(e) => {
             eprintln!(

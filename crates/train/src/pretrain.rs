@@ -56,6 +56,10 @@ pub struct PretrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept besides the best one.
     pub keep_checkpoints: usize,
+    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
+    /// bf16 autocast.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 /// One evaluation.
@@ -273,6 +277,7 @@ pub fn pretrain(
         Some(dir) => shard_windows(&cfg, &dir)?,
         None => windows(&cfg, &read_corpus(&cfg.data)?, &tok)?,
     };
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
     let mut trainer = Trainer::new(&cfg.model, init, settings(&cfg, train.len()))?;
     let mut state = crate::rundir::fresh_state();
     if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {

@@ -78,6 +78,7 @@ fn config(data: PathBuf) -> PretrainConfig {
         shuffle: true,
         checkpoint_every: 5,
         keep_checkpoints: 2,
+        bf16: false,
     }
 }
 

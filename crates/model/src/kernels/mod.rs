@@ -13,6 +13,7 @@
 //! multiply-adds, and sums run over a fixed number of lanes in a fixed order.
 mod adamw;
 mod alloc;
+mod attention;
 mod bias;
 mod cross_entropy;
 mod dropout;
@@ -25,6 +26,7 @@ mod softmax;
 
 pub use adamw::{adamw_step, AdamWStep};
 pub use alloc::keep_freed_memory;
+pub use attention::cached_attention;
 pub use bias::add_bias;
 pub use cross_entropy::cross_entropy;
 pub use dropout::{add_dropout, dropout, Mask};
@@ -70,6 +72,25 @@ thread_local! {
 /// weights and activations kept), as PyTorch's `autocast(dtype=torch.bfloat16)` does.
 pub fn set_autocast_bf16(on: bool) {
     AUTOCAST_BF16.with(|f| f.set(on));
+}
+
+/// bf16 autocast on this thread while it lives; the previous setting comes back on drop.
+pub struct Autocast {
+    previous: bool,
+}
+
+impl Autocast {
+    pub fn bf16(on: bool) -> Self {
+        let previous = autocast_bf16();
+        set_autocast_bf16(on);
+        Autocast { previous }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        set_autocast_bf16(self.previous);
+    }
 }
 
 /// Whether linear layers on this thread multiply in bf16.
