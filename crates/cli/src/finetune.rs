@@ -84,6 +84,10 @@ pub struct DpoArgs {
     checkpoint_every: usize,
     #[arg(long, default_value_t = 2)]
     keep_checkpoints: usize,
+    /// Matrix products of the linear layers: f32, or bf16 (f32 master weights and accumulation,
+    /// as PyTorch's bf16 autocast).
+    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
+    dtype: crate::model::WeightDtype,
 }
 
 fn dpo_config(a: &DpoArgs) -> Result<DpoConfig> {
@@ -109,6 +113,7 @@ fn dpo_config(a: &DpoArgs) -> Result<DpoConfig> {
         cfg.lora = Some(lora_spec(a.lora_rank, a.lora_alpha, &a.lora_targets)?);
     }
     cfg.merge = a.merge;
+    cfg.bf16 = a.dtype == crate::model::WeightDtype::Bf16;
     cfg.epochs = a.epochs;
     cfg.max_steps = a.max_steps;
     cfg.batch_size = a.batch_size;
@@ -226,6 +231,10 @@ pub struct InstructArgs {
     /// Tokens generated for each test response (0: none).
     #[arg(long, default_value_t = 256)]
     response_tokens: usize,
+    /// Matrix products of the linear layers: f32, or bf16 (f32 master weights and accumulation,
+    /// as PyTorch's bf16 autocast).
+    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
+    dtype: crate::model::WeightDtype,
 }
 
 fn lora_spec(rank: usize, alpha: f64, targets: &[String]) -> Result<LoraSpec> {
@@ -276,6 +285,7 @@ fn instruct_config(a: &InstructArgs) -> Result<InstructConfig> {
         cfg.lora = Some(lora_spec(a.lora_rank, a.lora_alpha, &a.lora_targets)?);
     }
     cfg.merge = a.merge;
+    cfg.bf16 = a.dtype == crate::model::WeightDtype::Bf16;
     cfg.drop_rate = a.drop_rate;
     cfg.epochs = a.epochs;
     cfg.max_steps = a.max_steps;
@@ -439,6 +449,10 @@ pub struct ClassifyArgs {
     checkpoint_every: usize,
     #[arg(long, default_value_t = 2)]
     keep_checkpoints: usize,
+    /// Matrix products of the linear layers: f32, or bf16 (f32 master weights and accumulation,
+    /// as PyTorch's bf16 autocast).
+    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
+    dtype: crate::model::WeightDtype,
 }
 
 pub fn run(c: FinetuneCommand) -> Result<()> {
@@ -523,6 +537,7 @@ fn config(a: &ClassifyArgs) -> Result<ClassifyConfig> {
     cfg.trainable = trainable;
     cfg.lora = lora;
     cfg.merge = a.merge;
+    cfg.bf16 = a.dtype == crate::model::WeightDtype::Bf16;
     cfg.token_position = match a.token_position {
         PositionArg::Last => TokenPosition::Last,
         PositionArg::First => TokenPosition::First,

@@ -74,6 +74,10 @@ pub struct ClassifyConfig {
     pub keep_checkpoints: usize,
     /// With LoRA, also write `model/` with the adapters merged.
     pub merge: bool,
+    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
+    /// bf16 autocast.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 impl ClassifyConfig {
@@ -107,6 +111,7 @@ impl ClassifyConfig {
             checkpoint_every: 0,
             keep_checkpoints: 2,
             merge: false,
+            bf16: false,
         }
     }
 
@@ -355,6 +360,7 @@ pub fn finetune_classify(
     let started = std::time::Instant::now();
     let (cfg, ckpt_dir) =
         rundir::open(run_dir, new, CONFIG_VERSION, |c: &ClassifyConfig| c.version)?;
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
     cfg.validate()?;
     let device = Device::Cpu;
     let (base_cfg, base, tok) =

@@ -168,6 +168,10 @@ pub struct DpoConfig {
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
     pub merge: bool,
+    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
+    /// bf16 autocast.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 impl DpoConfig {
@@ -197,6 +201,7 @@ impl DpoConfig {
             checkpoint_every: 200,
             keep_checkpoints: 2,
             merge: false,
+            bf16: false,
         }
     }
 }
@@ -291,6 +296,7 @@ pub fn finetune_dpo(
 ) -> Result<(Ending, Option<DpoResults>)> {
     let started = std::time::Instant::now();
     let (cfg, ckpt_dir) = rundir::open(run_dir, new, CONFIG_VERSION, |c: &DpoConfig| c.version)?;
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
     if cfg.batch_size == 0 || cfg.epochs == 0 || !(cfg.beta > 0.0 && cfg.beta.is_finite()) {
         return Err(ModelError::Config(
             "batch size and epochs must be at least 1, and beta positive".into(),

@@ -225,6 +225,10 @@ pub struct InstructConfig {
     /// Tokens generated per test response (0: no responses).
     pub response_tokens: usize,
     pub merge: bool,
+    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
+    /// bf16 autocast.
+    #[serde(default)]
+    pub bf16: bool,
 }
 
 impl InstructConfig {
@@ -257,6 +261,7 @@ impl InstructConfig {
             keep_checkpoints: 2,
             response_tokens: 256,
             merge: false,
+            bf16: false,
         }
     }
 
@@ -393,6 +398,7 @@ pub fn finetune_instruct(
     let started = std::time::Instant::now();
     let (cfg, ckpt_dir) =
         rundir::open(run_dir, new, CONFIG_VERSION, |c: &InstructConfig| c.version)?;
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
     cfg.validate()?;
     let device = Device::Cpu;
     let (base_cfg, base, tok) =

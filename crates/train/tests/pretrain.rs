@@ -191,3 +191,45 @@ fn a_non_finite_loss_stops_the_run_with_a_clear_message() {
         .to_string();
     assert!(e.contains("step 0") && e.contains("not finite"), "{e}");
 }
+
+#[test]
+fn bf16_autocast_runs_learn_like_fp32_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fp32 = config(corpus(dir.path()));
+    let bf16 = PretrainConfig {
+        bf16: true,
+        ..fp32.clone()
+    };
+    let (a, b) = (dir.path().join("fp32"), dir.path().join("bf16"));
+    let (mut la, mut lb) = (Log::default(), Log::default());
+    pretrain(&a, Some(fp32), &mut la).unwrap();
+    pretrain(&b, Some(bf16.clone()), &mut lb).unwrap();
+    // The first losses agree to bf16 precision, then the runs part ways but both learn.
+    let (first_a, first_b) = (la.steps[0].train_loss, lb.steps[0].train_loss);
+    assert!(
+        (first_a - first_b).abs() < 0.01 * first_a,
+        "{first_a} vs {first_b}"
+    );
+    assert_ne!(
+        losses(&a),
+        losses(&b),
+        "bf16 products must differ from f32 ones"
+    );
+    let (end_a, end_b) = (
+        la.steps.last().unwrap().train_loss,
+        lb.steps.last().unwrap().train_loss,
+    );
+    assert!(
+        end_b < first_b && (end_a - end_b).abs() < 0.1 * end_a,
+        "{end_a} vs {end_b}"
+    );
+    // The setting is saved with the run, so a resumed run multiplies in bf16 too.
+    let split = dir.path().join("split");
+    let mut first = Log {
+        stop_after: Some(6),
+        ..Default::default()
+    };
+    pretrain(&split, Some(bf16), &mut first).unwrap();
+    pretrain(&split, None, &mut Log::default()).unwrap();
+    assert_eq!(losses(&split), losses(&b));
+}
