@@ -166,7 +166,7 @@ impl CustomOp2 for AddDropout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{check_grad, tensor};
+    use crate::kernels::testing::{check_grad, tensor, weighted_grads, weighted_sum};
     use candle_core::{DType, Var};
 
     #[test]
@@ -185,8 +185,8 @@ mod tests {
             fused.to_vec2::<f32>().unwrap(),
             plain.to_vec2::<f32>().unwrap()
         );
-        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = weighted_grads(&fused, &w);
+        let gp = weighted_grads(&plain, &w);
         for v in [&x, &h] {
             let (a, b) = (
                 gf.get(v.as_tensor()).unwrap(),
@@ -217,22 +217,12 @@ mod tests {
         let x = tensor(&[6, 7], 5, 1.0);
         let w = tensor(&[6, 7], 6, 1.0);
         let mask = Mask::new(3, 0.3);
-        let grads = (add_dropout(&x, &h, mask).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_grads(&add_dropout(&x, &h, mask).unwrap(), &w);
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let (x64, w64) = (f64s(&x), f64s(&w));
         let loss = |h: &Tensor| {
             let y = (&x64 + (h * mask.tensor(h).unwrap()).unwrap()).unwrap();
-            (y * &w64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
+            weighted_sum(&y, &w64)
         };
         check_grad(
             loss,

@@ -92,7 +92,7 @@ impl CustomOp2 for GeluBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{check_grad, max_abs_diff, tensor};
+    use crate::kernels::testing::{check_grad, max_abs_diff, tensor, weighted_grads, weighted_sum};
     use candle_core::{DType, Var};
 
     #[test]
@@ -102,8 +102,8 @@ mod tests {
         let fused = gelu(x.as_tensor()).unwrap();
         let plain = reference::gelu(x.as_tensor()).unwrap();
         assert!(max_abs_diff(&fused, &plain) < 2e-6);
-        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = weighted_grads(&fused, &w);
+        let gp = weighted_grads(&plain, &w);
         let (gf, gp) = (
             gf.get(x.as_tensor()).unwrap(),
             gp.get(x.as_tensor()).unwrap(),
@@ -115,21 +115,11 @@ mod tests {
     fn fused_gelu_gradient_matches_finite_differences() {
         let x = Var::from_tensor(&tensor(&[4, 33], 3, 4.0)).unwrap();
         let w = tensor(&[4, 33], 4, 1.0);
-        let grads = (gelu(x.as_tensor()).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_grads(&gelu(x.as_tensor()).unwrap(), &w);
         let w64 = w.to_dtype(DType::F64).unwrap();
         let loss = |x: &Tensor| {
             let y = reference::gelu(x).unwrap();
-            (y * &w64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
+            weighted_sum(&y, &w64)
         };
         check_grad(
             loss,

@@ -183,7 +183,7 @@ impl CustomOp3 for LayerNormBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{check_grad, max_abs_diff, tensor};
+    use crate::kernels::testing::{check_grad, max_abs_diff, tensor, weighted_grads, weighted_sum};
     use candle_core::{DType, Var};
 
     fn setup() -> (Var, Var, Var, Tensor) {
@@ -201,8 +201,8 @@ mod tests {
         let fused = layer_norm(&x, &scale, &shift, eps).unwrap();
         let plain = reference::layer_norm(&x, &scale, &shift, eps).unwrap();
         assert!(max_abs_diff(&fused, &plain) < 1e-5);
-        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = weighted_grads(&fused, &w);
+        let gp = weighted_grads(&plain, &w);
         for v in [&x, &scale, &shift] {
             let (a, b) = (
                 gf.get(v.as_tensor()).unwrap(),
@@ -216,22 +216,12 @@ mod tests {
     fn fused_layer_norm_gradients_match_finite_differences() {
         let (x, scale, shift, w) = setup();
         let eps = 1e-5;
-        let grads = (layer_norm(&x, &scale, &shift, eps).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_grads(&layer_norm(&x, &scale, &shift, eps).unwrap(), &w);
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let (x64, sc64, sh64, w64) = (f64s(&x), f64s(&scale), f64s(&shift), f64s(&w));
         let loss = |x: &Tensor, sc: &Tensor, sh: &Tensor| {
             let y = reference::layer_norm(x, sc, sh, eps).unwrap();
-            (y * &w64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
+            weighted_sum(&y, &w64)
         };
         let gx = grads.get(x.as_tensor()).unwrap();
         check_grad(|t| loss(t, &sc64, &sh64), x.as_tensor(), gx, 1e-4, 97, 1e-3);

@@ -189,7 +189,7 @@ impl CustomOp3 for RowsLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{check_grad, max_abs_diff, tensor};
+    use crate::kernels::testing::{check_grad, max_abs_diff, tensor, weighted_grads, weighted_sum};
     use candle_core::Var;
 
     #[test]
@@ -231,7 +231,7 @@ mod tests {
         let b = tensor(&[5], 3, 1.0);
         let m = tensor(&[2, 5], 4, 1.0);
         let y = linear_rows(&x, &w, Some(&b)).unwrap().unwrap();
-        let grads = (y * &m).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = weighted_grads(&y, &m);
         let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let (w64, b64, m64) = (f64s(&w), f64s(&b), f64s(&m));
         let loss = |x: &Tensor| {
@@ -240,12 +240,7 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b64)
                 .unwrap();
-            (y * &m64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
+            weighted_sum(&y, &m64)
         };
         check_grad(
             loss,

@@ -351,7 +351,7 @@ impl CustomOp2 for MatmulBf16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{check_grad, max_abs_diff, tensor};
+    use crate::kernels::testing::{check_grad, max_abs_diff, tensor, weighted_grads, weighted_sum};
     use candle_core::Var;
 
     #[test]
@@ -429,12 +429,7 @@ mod tests {
         let a = Var::from_tensor(&tensor(&[5, 6], 6, 1.0)).unwrap();
         let b = Var::from_tensor(&tensor(&[6, 4], 7, 1.0)).unwrap();
         let w = tensor(&[5, 4], 8, 1.0);
-        let grads = (matmul_bf16(&a, &b).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_grads(&matmul_bf16(&a, &b).unwrap(), &w);
         // d/dA of sum(w * A B) is w B^T: with bf16 operands, the gradient is w B^T of the
         // rounded values, to bf16 precision.
         let f64s = |t: &Tensor| {
@@ -444,14 +439,7 @@ mod tests {
                 .unwrap()
         };
         let (b64, a64, w64) = (f64s(&b), f64s(&a), f64s(&w));
-        let loss_a = |x: &Tensor| {
-            (x.matmul(&b64).unwrap() * &w64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
+        let loss_a = |x: &Tensor| weighted_sum(&x.matmul(&b64).unwrap(), &w64);
         check_grad(
             loss_a,
             a.as_tensor(),
@@ -460,14 +448,7 @@ mod tests {
             30,
             1e-5,
         );
-        let loss_b = |x: &Tensor| {
-            (a64.matmul(x).unwrap() * &w64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
+        let loss_b = |x: &Tensor| weighted_sum(&a64.matmul(x).unwrap(), &w64);
         check_grad(
             loss_b,
             b.as_tensor(),

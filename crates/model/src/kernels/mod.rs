@@ -371,6 +371,21 @@ pub(crate) mod testing {
         Tensor::from_vec(values(n, seed, scale), shape, &Device::Cpu).unwrap()
     }
 
+    /// Gradients of `sum(y * w)`: a loss that weighs every output differently.
+    pub fn weighted_grads(y: &Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
+        (y * w).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
+    /// `sum(y * w)` as f64 (for the finite differences, on f64 tensors).
+    pub fn weighted_sum(y: &Tensor, w: &Tensor) -> f64 {
+        (y * w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
         (a - b)

@@ -128,7 +128,7 @@ impl CustomOp2 for CausalSoftmaxBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{check_grad, max_abs_diff, tensor};
+    use crate::kernels::testing::{check_grad, max_abs_diff, tensor, weighted_grads, weighted_sum};
     use candle_core::{DType, Var};
 
     #[test]
@@ -140,8 +140,8 @@ mod tests {
             let fused = causal_softmax(&s, scale, offset).unwrap();
             let plain = reference::causal_softmax(&s, scale, offset).unwrap();
             assert!(max_abs_diff(&fused, &plain) < 1e-6, "{t} {tk} {offset}");
-            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gf = weighted_grads(&fused, &w);
+            let gp = weighted_grads(&plain, &w);
             let (a, b) = (
                 gf.get(s.as_tensor()).unwrap(),
                 gp.get(s.as_tensor()).unwrap(),
@@ -154,21 +154,11 @@ mod tests {
     fn fused_causal_softmax_gradient_matches_finite_differences() {
         let s = Var::from_tensor(&tensor(&[2, 2, 9, 9], 5, 4.0)).unwrap();
         let w = tensor(&[2, 2, 9, 9], 6, 1.0);
-        let grads = (causal_softmax(&s, 0.5, 0).unwrap() * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_grads(&causal_softmax(&s, 0.5, 0).unwrap(), &w);
         let w64 = w.to_dtype(DType::F64).unwrap();
         let loss = |s: &Tensor| {
             let y = reference::causal_softmax(s, 0.5, 0).unwrap();
-            (y * &w64)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
+            weighted_sum(&y, &w64)
         };
         check_grad(
             loss,
