@@ -557,8 +557,15 @@ fn concurrent_clients_a_full_queue_and_disconnects() {
         body.len()
     )
     .unwrap();
-    let mut first = [0u8; 64];
-    s.read_exact(&mut first).unwrap();
+    // Wait for the first token (the headers come before the model takes the request off the
+    // queue), so the queue is empty again when the client leaves.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let mut chunk = [0u8; 256];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&chunk[..n]);
+    }
     drop(s);
     let (status, _) = server.json("/v1/completions", &json!({"prompt": "hi", "max_tokens": 3}));
     assert_eq!(status, 200);
