@@ -27,22 +27,17 @@ pub struct AdamWStep {
 
 multiversion! {
     fn update_chunk(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWStep) {
-        let n = w.len().min(g.len()).min(m.len()).min(v.len());
-        let (w, g, m, v) = (&mut w[..n], &g[..n], &mut m[..n], &mut v[..n]);
-        for i in 0..n {
-            let g = g[i] * s.grad_scale;
-            w[i] *= s.decay;
-            m[i] += (g - m[i]) * (1.0 - s.beta1);
-            v[i] = v[i] * s.beta2 + (1.0 - s.beta2) * g * g;
-            let denom = v[i].sqrt() / s.bias2_sqrt + s.eps;
-            w[i] -= s.step_size * m[i] / denom;
-        }
+        update_slice(w, g, m, v, s)
     }
 }
 
-/// The reference update on plain slices, one thread.
+/// The update on plain slices of equal length, one thread: the reference path, and (inlined into
+/// vectorized copies) each chunk of the fused one.
+#[inline(always)]
 pub fn update_slice(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWStep) {
-    for i in 0..w.len() {
+    let n = w.len().min(g.len()).min(m.len()).min(v.len());
+    let (w, g, m, v) = (&mut w[..n], &g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
         let g = g[i] * s.grad_scale;
         w[i] *= s.decay;
         m[i] += (g - m[i]) * (1.0 - s.beta1);

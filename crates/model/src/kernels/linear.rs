@@ -47,37 +47,33 @@ struct RowsLinear {
 /// wait on each other (one register made the loop latency-bound at half the memory bandwidth).
 const ACC: usize = 4 * LANES;
 
+/// `sum(widen(w[i]) * x[i])` over [`ACC`] accumulators.
+#[inline(always)]
+fn dot_by<W: Copy>(w: &[W], x: &[f32], widen: impl Fn(W) -> f32) -> f32 {
+    let mut acc = [0.0f32; ACC];
+    let n = w.len().min(x.len());
+    let full = n / ACC * ACC;
+    for (cw, cx) in w[..full].chunks_exact(ACC).zip(x[..full].chunks_exact(ACC)) {
+        for i in 0..ACC {
+            acc[i] += widen(cw[i]) * cx[i];
+        }
+    }
+    for i in full..n {
+        acc[i - full] += widen(w[i]) * x[i];
+    }
+    acc.iter().sum()
+}
+
 multiversion! {
     fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; ACC];
-        let n = w.len().min(x.len());
-        let full = n / ACC * ACC;
-        for (cw, cx) in w[..full].chunks_exact(ACC).zip(x[..full].chunks_exact(ACC)) {
-            for i in 0..ACC {
-                acc[i] += cw[i] * cx[i];
-            }
-        }
-        for i in full..n {
-            acc[i - full] += w[i] * x[i];
-        }
-        acc.iter().sum()
+        dot_by(w, x, |v| v)
     }
 }
 
 multiversion! {
     fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; ACC];
-        let n = w.len().min(x.len());
-        let full = n / ACC * ACC;
-        for (cw, cx) in w[..full].chunks_exact(ACC).zip(x[..full].chunks_exact(ACC)) {
-            for i in 0..ACC {
-                acc[i] += f32::from_bits(u32::from(cw[i].to_bits()) << 16) * cx[i];
-            }
-        }
-        for i in full..n {
-            acc[i - full] += w[i].to_f32() * x[i];
-        }
-        acc.iter().sum()
+        // bf16 is the top half of an f32: widening is exact.
+        dot_by(w, x, |v| f32::from_bits(u32::from(v.to_bits()) << 16))
     }
 }
 
