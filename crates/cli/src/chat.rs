@@ -1,12 +1,12 @@
 //! `chat`: a terminal conversation with a model. Turns are formatted in the model's prompt style,
 //! answers stream as they are generated, the oldest turns are dropped when the conversation
 //! outgrows the context, and slash commands change the settings.
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use scratchllm_model::decode::{Decoding, Piece};
 use scratchllm_model::prompt::{Message, Role};
-use scratchllm_model::stop::StopFilter;
-use scratchllm_model::{GenerateOptions, Generation, PromptStyle};
-use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
+use scratchllm_model::{GenerateOptions, PromptStyle};
+use scratchllm_tokenizer::{SpecialMode, ENDOFTEXT};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +17,8 @@ pub struct ChatArgs {
     /// A model directory (any layout) or an adapter directory.
     #[arg(long)]
     model: PathBuf,
-    /// Prompt template: alpaca, phi3 or plain [default: the model's own, else alpaca].
-    #[arg(long)]
-    prompt_style: Option<String>,
+    #[arg(long, value_parser = crate::train_args::prompt_style, help = crate::train_args::MODEL_PROMPT_STYLE_HELP)]
+    prompt_style: Option<PromptStyle>,
     /// Sampling temperature (0: greedy).
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
@@ -104,11 +103,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let style = match &a.prompt_style {
-        Some(s) => PromptStyle::parse(s)
-            .ok_or_else(|| anyhow!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))?,
-        None => files.prompt_style.unwrap_or(PromptStyle::Alpaca),
-    };
+    let style = a
+        .prompt_style
+        .or(files.prompt_style)
+        .unwrap_or(PromptStyle::Alpaca);
     let model = crate::model::build_model(&mut files, a.dtype)?;
     let tok = &files.tokenizer;
     let ctx = files.config.context_length;
@@ -204,33 +202,24 @@ pub fn run(a: ChatArgs) -> Result<()> {
             use_cache: true,
         };
         turn += 1;
-        let mut generation = Generation::new(&model, &prompt, &opts)?;
-        let mut decoder = StreamDecoder::new(tok);
-        let mut filter =
-            StopFilter::new(style.turn_markers().iter().map(|m| m.to_string()).collect());
+        let stops = style.turn_markers().iter().map(|m| m.to_string()).collect();
+        let stop_ids = opts.stop_id.into_iter().collect();
+        let mut decoding = Decoding::new(&model, tok, &prompt, &opts, stop_ids, stops)?;
         let mut answer = String::new();
         generating.store(true, Ordering::SeqCst);
-        let mut stopped = false;
-        while let Some(id) = generation.next_token()? {
-            if interrupted.swap(false, Ordering::SeqCst) || Some(id) == opts.stop_id {
-                break;
-            }
-            let (text, hit) = filter.push(&decoder.push(id)?);
+        while let Some(piece) = decoding.next_piece()? {
+            let (text, done) = match piece {
+                Piece::Text(t) => (t, false),
+                Piece::Done(t, _) => (t, true),
+            };
             out.write_all(text.as_bytes())?;
             out.flush()?;
             answer += &text;
-            if hit {
-                stopped = true;
+            if done || interrupted.swap(false, Ordering::SeqCst) {
                 break;
             }
         }
         generating.store(false, Ordering::SeqCst);
-        if !stopped {
-            let (text, _) = filter.push(&decoder.finish());
-            let rest = text + &filter.finish();
-            out.write_all(rest.as_bytes())?;
-            answer += &rest;
-        }
         writeln!(out)?;
         history.push(Message {
             role: Role::Assistant,

@@ -39,9 +39,8 @@ pub struct EvaluateArgs {
     /// Also (or only) measure this model's loss and perplexity on the reference outputs.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Prompt template for --model [default: the model's own, else alpaca].
-    #[arg(long)]
-    prompt_style: Option<String>,
+    #[arg(long, value_parser = crate::train_args::prompt_style, help = crate::train_args::MODEL_PROMPT_STYLE_HELP)]
+    prompt_style: Option<PromptStyle>,
 }
 
 pub fn run(a: EvaluateArgs) -> Result<()> {
@@ -51,11 +50,10 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     let entries = read_entries(&a.responses, &[])?;
     if let Some(dir) = &a.model {
         let files = crate::model::load_model(&dir.display().to_string(), 0)?;
-        let style = match &a.prompt_style {
-            Some(s) => PromptStyle::parse(s)
-                .with_context(|| format!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))?,
-            None => files.prompt_style.unwrap_or(PromptStyle::Alpaca),
-        };
+        let style = a
+            .prompt_style
+            .or(files.prompt_style)
+            .unwrap_or(PromptStyle::Alpaca);
         let gpt = Gpt::new(&files.config, &files.weights)?;
         let loss = response_loss(&gpt, &files.tokenizer, style, &entries, 8)?;
         println!(

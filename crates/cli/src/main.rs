@@ -2,7 +2,8 @@
 //!
 //! Arguments are parsed in two phases, as ripgrep does: clap reads the flags as typed, then each
 //! command validates them into what the library calls need. Errors print their whole chain and exit
-//! with status 1; usage errors exit with clap's status 2.
+//! with status 1; usage errors exit with clap's status 2; a training run stopped by Ctrl-C or
+//! SIGTERM (with its checkpoint written) exits with 130.
 mod bench;
 mod chat;
 mod data;
@@ -11,7 +12,9 @@ mod finetune;
 mod model;
 mod pretrain;
 mod serve;
+mod terminal;
 mod tokenize;
+mod train_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -93,6 +96,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<terminal::Interrupted>() {
+                eprintln!("{stopped}");
+                return ExitCode::from(130);
+            }
             // A closed pipe (`scratchllm tokenize big.txt | head`) is not an error worth reporting.
             if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

@@ -18,10 +18,8 @@ pub struct ServeArgs {
     /// The model's id in requests and /v1/models [default: the directory's name].
     #[arg(long)]
     name: Option<String>,
-    /// How chat messages become a prompt: alpaca (the book's chapter 7), phi3 or plain
-    /// [default: the style the model was fine-tuned with, else alpaca].
-    #[arg(long)]
-    prompt_style: Option<String>,
+    #[arg(long, value_parser = crate::train_args::prompt_style, help = crate::train_args::MODEL_PROMPT_STYLE_HELP)]
+    prompt_style: Option<PromptStyle>,
     /// Largest request body, in bytes (larger: 413).
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -43,13 +41,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let style = match &a.prompt_style {
-        Some(s) => Some(
-            PromptStyle::parse(s)
-                .ok_or_else(|| anyhow!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))?,
-        ),
-        None => None,
-    };
+    let style = a.prompt_style;
     if a.max_tokens_limit == 0 || a.default_max_tokens == 0 || a.max_active == 0 {
         bail!("--max-tokens-limit, --default-max-tokens and --max-active must be at least 1");
     }

@@ -3,6 +3,7 @@
 //! TensorFlow checkpoint, the book's safetensors).
 pub mod classifier;
 mod config;
+pub mod decode;
 mod error;
 pub mod generate;
 mod gpt;

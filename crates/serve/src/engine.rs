@@ -3,9 +3,10 @@
 //! tokens as soon as its turn comes and a long answer does not hold the others back; a generation
 //! whose client has gone away is dropped at its next turn.
 use scratchllm_model::classifier::{predict, ClassifierSpec, Prediction};
-use scratchllm_model::stop::StopFilter;
-use scratchllm_model::{GenerateOptions, Generation, Gpt, GptConfig, PromptStyle};
-use scratchllm_tokenizer::{StreamDecoder, Tokenizer, ENDOFTEXT};
+pub use scratchllm_model::decode::Finish;
+use scratchllm_model::decode::{Decoding, Piece};
+use scratchllm_model::{GenerateOptions, Gpt, GptConfig, PromptStyle};
+use scratchllm_tokenizer::{Tokenizer, ENDOFTEXT};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -18,22 +19,6 @@ pub enum Kind {
         style: PromptStyle,
     },
     Classifier(ClassifierSpec),
-}
-
-/// Why a generation ended (OpenAI's `finish_reason`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Finish {
-    Stop,
-    Length,
-}
-
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
-        }
-    }
 }
 
 /// What a generation sends back, in order: text pieces, then one `Done` or `Error`.
@@ -73,11 +58,8 @@ pub struct Engine {
 
 /// One generation being served.
 struct Active<'m> {
-    generation: Generation<'m>,
-    decoder: StreamDecoder<'m>,
-    filter: StopFilter,
+    decoding: Decoding<'m>,
     events: mpsc::UnboundedSender<Event>,
-    stop_id: Option<u32>,
 }
 
 impl Active<'_> {
@@ -86,50 +68,29 @@ impl Active<'_> {
         if self.events.is_closed() {
             eprintln!(
                 "generation dropped after {} tokens: the client disconnected",
-                self.generation.produced()
+                self.decoding.produced()
             );
             return false;
         }
-        let next = match catch_unwind(AssertUnwindSafe(|| self.generation.next_token())) {
-            Ok(Ok(next)) => next,
+        let piece = match catch_unwind(AssertUnwindSafe(|| self.decoding.next_piece())) {
+            Ok(Ok(piece)) => piece,
             Ok(Err(e)) => return self.fail(e.to_string()),
             Err(_) => return self.fail("internal error while generating".into()),
         };
-        let finish = match next {
-            Some(id) if Some(id) == self.stop_id => Some(Finish::Stop),
-            Some(id) => {
-                let text = match self.decoder.push(id) {
-                    Ok(t) => t,
-                    Err(e) => return self.fail(e.to_string()),
-                };
-                let (out, stopped) = self.filter.push(&text);
-                self.send_text(out);
-                stopped.then_some(Finish::Stop)
+        match piece {
+            Some(Piece::Text(text)) => {
+                self.send_text(text);
+                true
             }
-            None => {
-                let tail = self.decoder.finish();
-                let (out, stopped) = self.filter.push(&tail);
-                self.send_text(out);
-                if !stopped {
-                    let rest = self.filter.finish();
-                    self.send_text(rest);
-                }
-                Some(if stopped {
-                    Finish::Stop
-                } else {
-                    Finish::Length
-                })
-            }
-        };
-        match finish {
-            Some(finish) => {
+            Some(Piece::Done(text, finish)) => {
+                self.send_text(text);
                 let _ = self.events.send(Event::Done {
                     finish,
-                    completion_tokens: self.generation.produced(),
+                    completion_tokens: self.decoding.produced(),
                 });
                 false
             }
-            None => true,
+            None => false,
         }
     }
 
@@ -174,14 +135,15 @@ pub fn work(
                     opts,
                     stops,
                     events,
-                } => match Generation::new(&model, &prompt, &opts) {
-                    Ok(generation) => active.push(Active {
-                        generation,
-                        decoder: StreamDecoder::new(&tok),
-                        filter: StopFilter::new(stops),
-                        events,
-                        stop_id: eos,
-                    }),
+                } => match Decoding::new(
+                    &model,
+                    &tok,
+                    &prompt,
+                    &opts,
+                    eos.into_iter().collect(),
+                    stops,
+                ) {
+                    Ok(decoding) => active.push(Active { decoding, events }),
                     Err(e) => {
                         let _ = events.send(Event::Error(e.to_string()));
                     }

@@ -133,9 +133,15 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
         ids: AtomicU64::new(0),
     });
     let loader = state.clone();
+    // A model that fails to load ends the server with its error (the caller decides the exit).
+    let (failed, load_failure) = tokio::sync::oneshot::channel::<String>();
     std::thread::Builder::new()
         .name("model".into())
-        .spawn(move || load_and_work(loader))
+        .spawn(move || {
+            if let Err(e) = load_and_work(loader) {
+                let _ = failed.send(e);
+            }
+        })
         .map_err(|e| format!("starting the model thread: {e}"))?;
     let app = Router::new()
         .route("/", get(page))
@@ -148,45 +154,33 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("shutting down");
-        })
-        .await
-        .map_err(|e| format!("serving: {e}"))
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    });
+    tokio::select! {
+        served = server => served.map_err(|e| format!("serving: {e}")),
+        Ok(e) = load_failure => Err(e),
+    }
 }
 
-/// Loads the model, publishes it, and becomes the model thread.
-fn load_and_work(state: Arc<AppState>) {
+/// Loads the model, publishes it, and becomes the model thread; returns the reason when the
+/// model cannot be loaded.
+fn load_and_work(state: Arc<AppState>) -> Result<(), String> {
     let started = Instant::now();
     let opts = &state.opts;
-    let mut files = match modeldir::load(&opts.model, &candle_core::Device::Cpu) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: loading {}: {e}", opts.model.display());
-            std::process::exit(1);
-        }
-    };
+    let path = opts.model.display();
+    let mut files = modeldir::load(&opts.model, &candle_core::Device::Cpu)
+        .map_err(|e| format!("loading {path}: {e}"))?;
     if opts.bf16_weights {
-        match files.weights.matrices_to(candle_core::DType::BF16) {
-            Ok(w) => files.weights = w, // the f32 matrices are freed
-            Err(e) => {
-                eprintln!("error: converting {} to bf16: {e}", opts.model.display());
-                std::process::exit(1);
-            }
-        }
+        // The f32 matrices are freed.
+        files.weights = files
+            .weights
+            .matrices_to(candle_core::DType::BF16)
+            .map_err(|e| format!("converting {path} to bf16: {e}"))?;
     }
-    let model = match Gpt::new(&files.config, &files.weights) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!(
-                "error: building the model from {}: {e}",
-                opts.model.display()
-            );
-            std::process::exit(1);
-        }
-    };
+    let model = Gpt::new(&files.config, &files.weights)
+        .map_err(|e| format!("building the model from {path}: {e}"))?;
     let kind = match (files.config.num_classes, files.classifier.clone()) {
         (Some(n), spec) => Kind::Classifier(spec.unwrap_or_else(|| {
             ClassifierSpec {
@@ -232,6 +226,7 @@ fn load_and_work(state: Arc<AppState>) {
         }
     );
     engine::work(model, tokenizer, kind, rx, opts.max_active);
+    Ok(())
 }
 
 async fn log_request(req: Request, next: Next) -> Response {

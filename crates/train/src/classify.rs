@@ -10,28 +10,24 @@
 //! `checkpoints/`, `best/` (best validation accuracy), `results.json` and `model/` (a classifier
 //! model directory), or with LoRA `adapter/` (adapters and the new head on their own; `model/` too
 //! when `merge` is set).
-use crate::checkpoint;
 use crate::data::Loader;
-pub use crate::finetune::Trainable;
-use crate::finetune::{is_preset, starting_model, Base, Output};
+use crate::finetune::Output;
+pub use crate::finetune::{Trainable, TuneConfig};
 pub use crate::labeled::{
     balance, class_labels, encode, read_examples, split, Column, Encoded, Example, TableFormat,
 };
-use crate::metrics::Metrics;
-use crate::optim::AdamWConfig;
-use crate::plot::chart_svg;
-use crate::pretrain::{Ending, EvalRecord, Observer};
-use crate::rundir::{self, err, write_json};
-use crate::trainer::{TrainSettings, Trainer};
+use crate::run::{self, BatchLoss, BestBy, Ending, Evaluation, Observer, Outcome, Plot, Task};
+use crate::rundir::{err, write_json, RunSettings};
+use crate::settings::{OptimConfig, RunConfig};
+use crate::trainer::Trainer;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use scratchllm_model::classifier::{class_logits, ClassifierSpec, TokenPosition};
-use scratchllm_model::lora::{self, LoraSpec};
-use scratchllm_model::{modeldir, Gpt, GptConfig, ModelError, Weights};
-use scratchllm_tokenizer::{io::atomic_write, Tokenizer, ENDOFTEXT};
+use scratchllm_model::{modeldir, DropoutRng, Gpt, GptConfig, ModelError, Weights};
+use scratchllm_tokenizer::{Tokenizer, ENDOFTEXT};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
@@ -41,11 +37,8 @@ const CONFIG_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassifyConfig {
     pub version: u32,
-    /// The starting model: a path (any layout) or a preset name (random weights).
-    pub model: String,
-    /// A configuration for a randomly initialized model (instead of `model`).
-    pub model_config: Option<GptConfig>,
-    pub data: PathBuf,
+    #[serde(flatten)]
+    pub tune: TuneConfig,
     pub format: TableFormat,
     /// Class names in order; the sorted labels of the data when absent.
     pub labels: Option<Vec<String>>,
@@ -54,89 +47,59 @@ pub struct ClassifyConfig {
     pub val_fraction: f64,
     /// Truncate texts to this many tokens (default: the longest training text, within the context).
     pub max_length: Option<usize>,
-    pub trainable: Trainable,
-    pub lora: Option<LoraSpec>,
     pub token_position: TokenPosition,
     pub average_embeddings: bool,
-    pub drop_rate: f32,
-    pub epochs: usize,
-    pub max_steps: Option<usize>,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub grad_clip: Option<f32>,
-    pub seed: u64,
-    /// Evaluate every N steps as well as after each epoch (0: after each epoch only).
-    pub eval_every: usize,
-    /// Batches per evaluation of loss and accuracy (all when absent).
-    pub eval_batches: Option<usize>,
-    pub checkpoint_every: usize,
-    pub keep_checkpoints: usize,
-    /// With LoRA, also write `model/` with the adapters merged.
-    pub merge: bool,
-    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
-    /// bf16 autocast.
-    #[serde(default)]
-    pub bf16: bool,
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    #[serde(flatten)]
+    pub run: RunConfig,
 }
 
 impl ClassifyConfig {
-    /// The book's chapter 6 settings for `data` from `model`.
+    /// The book's chapter 6 settings for `data` from `model` (5 epochs, batch 8, lr 5e-5,
+    /// weight decay 0.1; the last block, final norm and head trained; evaluation each epoch).
     pub fn book(model: &str, data: &Path) -> Self {
         ClassifyConfig {
             version: CONFIG_VERSION,
-            model: model.to_string(),
-            model_config: None,
-            data: data.to_path_buf(),
+            tune: TuneConfig {
+                trainable: Trainable::LastBlock,
+                ..TuneConfig::new(model, data)
+            },
             format: TableFormat::tsv(),
             labels: None,
             balance: true,
             train_fraction: 0.7,
             val_fraction: 0.1,
             max_length: None,
-            trainable: Trainable::LastBlock,
-            lora: None,
             token_position: TokenPosition::Last,
             average_embeddings: false,
-            drop_rate: 0.0,
-            epochs: 5,
-            max_steps: None,
-            batch_size: 8,
-            lr: 5e-5,
-            weight_decay: 0.1,
-            grad_clip: None,
-            seed: 123,
-            eval_every: 0,
-            eval_batches: None,
-            checkpoint_every: 0,
-            keep_checkpoints: 2,
-            merge: false,
-            bf16: false,
+            optim: OptimConfig::constant(5, 8, 5e-5, 0.1),
+            run: RunConfig::new(0, None, 0),
         }
     }
+}
 
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ModelError::Config(m));
-        if self.batch_size == 0 || self.epochs == 0 {
-            return bad("the batch size and the number of epochs must be at least 1".into());
-        }
+impl RunSettings for ClassifyConfig {
+    const VERSION: u32 = CONFIG_VERSION;
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn shared(&self) -> (&OptimConfig, &RunConfig) {
+        (&self.optim, &self.run)
+    }
+
+    fn check(&self) -> Result<()> {
+        self.tune.validate()?;
         if !(self.train_fraction > 0.0
             && self.val_fraction >= 0.0
             && self.train_fraction + self.val_fraction <= 1.0)
         {
-            return bad(format!(
+            return Err(ModelError::Config(format!(
                 "split fractions train {} and validation {} must be positive and sum to at most 1",
                 self.train_fraction, self.val_fraction
-            ));
-        }
-        if (self.trainable == Trainable::Lora) != self.lora.is_some() {
-            return bad("LoRA settings go with trainable = lora, and only with it".into());
-        }
-        if let Some(l) = &self.lora {
-            l.validate()?;
-        }
-        if !(0.0..1.0).contains(&self.drop_rate) {
-            return bad(format!("drop rate {} is outside [0, 1)", self.drop_rate));
+            )));
         }
         Ok(())
     }
@@ -153,11 +116,12 @@ pub struct Prepared {
 
 /// Reads, balances, splits and tokenizes the run's data (deterministic in the seed).
 pub fn prepare(cfg: &ClassifyConfig, tok: &Tokenizer, context_length: usize) -> Result<Prepared> {
-    let examples = read_examples(&cfg.data, &cfg.format)?;
-    let labels = class_labels(&examples, cfg.labels.as_deref(), &cfg.data)?;
+    let data = &cfg.tune.data;
+    let examples = read_examples(data, &cfg.format)?;
+    let labels = class_labels(&examples, cfg.labels.as_deref(), data)?;
     if labels.len() < 2 {
         return Err(err(
-            &cfg.data,
+            data,
             format!(
                 "only one class ({}); a classifier needs at least two",
                 labels.join(", ")
@@ -165,20 +129,25 @@ pub fn prepare(cfg: &ClassifyConfig, tok: &Tokenizer, context_length: usize) -> 
         ));
     }
     let examples = if cfg.balance {
-        balance(examples, &labels, cfg.seed)
+        balance(examples, &labels, cfg.optim.seed)
     } else {
         examples
     };
     let n = examples.len();
-    let (train, val, test) = split(examples, cfg.train_fraction, cfg.val_fraction, cfg.seed);
-    if train.len() < cfg.batch_size || train.len() < labels.len() {
+    let (train, val, test) = split(
+        examples,
+        cfg.train_fraction,
+        cfg.val_fraction,
+        cfg.optim.seed,
+    );
+    if train.len() < cfg.optim.batch_size || train.len() < labels.len() {
         return Err(err(
-            &cfg.data,
+            data,
             format!(
                 "{} training examples (of {n}{}) for batches of {} and {} classes; add data, lower the batch size or raise the training fraction",
                 train.len(),
                 if cfg.balance { " after balancing" } else { "" },
-                cfg.batch_size,
+                cfg.optim.batch_size,
                 labels.len()
             ),
         ));
@@ -242,19 +211,13 @@ pub fn evaluate(
     batch_size: usize,
     max_batches: Option<usize>,
 ) -> Result<(f32, f32)> {
-    let loader = Loader {
-        batch_size,
-        shuffle: false,
-        drop_last: false,
-        seed: 0,
-    };
-    let batches = loader.epoch(data.len(), 0);
-    let n = max_batches.map_or(batches.len(), |m| m.min(batches.len()));
+    let batches = Loader::in_order(data.len(), batch_size, false, max_batches);
+    let n = batches.len();
     if n == 0 {
         return Ok((f32::NAN, f32::NAN));
     }
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    for idx in &batches[..n] {
+    for idx in &batches {
         let (ids, lengths, targets) = batch(spec, data, idx, model.device())?;
         let logits = class_logits(model, spec, &ids, &lengths, None)?;
         loss += crate::loss::cross_entropy(&logits, &targets, crate::loss::IGNORE_INDEX)?
@@ -271,8 +234,7 @@ pub fn evaluate(
 }
 
 /// The model to fine-tune: the starting weights with a fresh `classes x C` head (PyTorch's
-/// `nn.Linear` initialization, seeded), unless they already are a classifier of as many classes;
-/// adapters added for LoRA.
+/// `nn.Linear` initialization, seeded), unless they already are a classifier of as many classes.
 fn classifier_weights(
     base_cfg: &GptConfig,
     base: Weights,
@@ -284,12 +246,12 @@ fn classifier_weights(
     let model_cfg = GptConfig {
         num_classes: Some(classes),
         tie_embeddings: false,
-        drop_rate: cfg.drop_rate,
+        drop_rate: cfg.tune.drop_rate,
         ..base_cfg.clone()
     };
     let mut tensors = base.into_tensors();
     if base_cfg.num_classes != Some(classes) {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x6865_6164); // "head"
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.optim.seed ^ 0x6865_6164); // "head"
         let bound = 1.0 / (c as f32).sqrt();
         let mut uniform =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
@@ -301,14 +263,6 @@ fn classifier_weights(
             "out_head.bias".into(),
             Tensor::from_vec(uniform(classes), classes, device)?,
         );
-    }
-    if let Some(spec) = &cfg.lora {
-        tensors.extend(lora::init(
-            &model_cfg,
-            spec,
-            cfg.seed ^ 0x6c6f_7261,
-            device,
-        )?); // "lora"
     }
     model_cfg.validate()?;
     Ok((model_cfg, tensors))
@@ -351,6 +305,68 @@ pub trait ClassifyObserver: Observer {
     fn info(&mut self, info: &RunInfo);
 }
 
+/// Class logits of labeled texts: classification as a task of the run loop.
+struct Classifying<'a> {
+    data: &'a Prepared,
+    batch_size: usize,
+    output: Output<'a>,
+}
+
+/// The accuracy plot beside the loss plot.
+const ACCURACY_PLOT: Plot = Plot {
+    file: "accuracy.svg",
+    train_key: "train_accuracy",
+    val_key: "val_accuracy",
+    title: "accuracy",
+};
+
+impl Task for Classifying<'_> {
+    fn examples(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn tokens(&self) -> (usize, usize) {
+        (self.data.train.tokens(), self.data.val.tokens())
+    }
+
+    fn loss(&mut self, model: &Gpt, idx: &[usize], rng: &DropoutRng) -> Result<BatchLoss> {
+        let spec = &self.data.spec;
+        let (ids, lengths, targets) = batch(spec, &self.data.train, idx, model.device())?;
+        let logits = class_logits(model, spec, &ids, &lengths, Some(rng))?;
+        Ok(BatchLoss {
+            loss: crate::loss::cross_entropy(&logits, &targets, crate::loss::IGNORE_INDEX)?,
+            tokens: lengths.iter().sum::<usize>() as u64,
+            figures: Vec::new(),
+        })
+    }
+
+    fn evaluate(&mut self, model: &Gpt, max_batches: Option<usize>) -> Result<Evaluation> {
+        let d = self.data;
+        let (train_loss, train_acc) =
+            evaluate(model, &d.spec, &d.train, self.batch_size, max_batches)?;
+        let (val_loss, val_acc) = evaluate(model, &d.spec, &d.val, self.batch_size, max_batches)?;
+        Ok(Evaluation {
+            train_loss,
+            val_loss,
+            train_accuracy: Some(train_acc),
+            val_accuracy: Some(val_acc),
+            ..Default::default()
+        })
+    }
+
+    fn best_by(&self) -> BestBy {
+        BestBy::ValAccuracy
+    }
+
+    fn plots(&self) -> &'static [Plot] {
+        &[ACCURACY_PLOT]
+    }
+
+    fn save_model(&self, t: &Trainer, dir: &Path) -> Result<()> {
+        self.output.save_model(t, dir)
+    }
+}
+
 /// Starts a new fine-tuning run in `run_dir`, or resumes the one there (`new` = `None`).
 pub fn finetune_classify(
     run_dir: &Path,
@@ -358,45 +374,20 @@ pub fn finetune_classify(
     obs: &mut dyn ClassifyObserver,
 ) -> Result<(Ending, Option<Results>)> {
     let started = std::time::Instant::now();
-    let (cfg, ckpt_dir) =
-        rundir::open(run_dir, new, CONFIG_VERSION, |c: &ClassifyConfig| c.version)?;
-    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
-    cfg.validate()?;
+    let cfg: ClassifyConfig = crate::rundir::open(run_dir, new)?;
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
     let device = Device::Cpu;
-    let (base_cfg, base, tok) =
-        starting_model(&cfg.model, cfg.model_config.as_ref(), cfg.seed, &device)?;
+    let seed = cfg.optim.seed;
+    let (base_cfg, base, tok) = cfg.tune.start(seed, &device)?;
     let base_tensors = base.tensors().clone();
     let data = prepare(&cfg, &tok, base_cfg.context_length)?;
     let (model_cfg, tensors) =
         classifier_weights(&base_cfg, base, data.labels.len(), &cfg, &device)?;
-    let total_params = tensors
-        .iter()
-        .filter(|(n, _)| !lora::is_adapter(n))
-        .map(|(_, t)| t.elem_count())
-        .sum::<usize>();
-    let settings = TrainSettings::finetune(
-        data.train.len(),
-        cfg.batch_size,
-        cfg.epochs,
-        cfg.max_steps,
-        AdamWConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-        cfg.grad_clip,
-        cfg.seed,
-    );
-    let per_epoch = settings.loader.batches(data.train.len());
-    let total_steps = settings.schedule.total_steps;
-    let n_layers = model_cfg.n_layers;
-    let mut trainer = Trainer::partly_frozen(
-        &model_cfg,
-        Weights::new(tensors, "the model being fine-tuned"),
-        cfg.lora.as_ref(),
-        &|name| cfg.trainable.selects(name, n_layers),
-        settings,
-    )?;
+    let total_params = tensors.values().map(|t| t.elem_count()).sum::<usize>();
+    let settings = cfg.optim.settings(data.train.len(), true);
+    let mut trainer = cfg
+        .tune
+        .trainer(&model_cfg, tensors, seed, settings, &device)?;
     obs.info(&RunInfo {
         labels: data.labels.clone(),
         train: data.train.len(),
@@ -407,139 +398,42 @@ pub fn finetune_classify(
         trainable_params: trainer.trainable_params(),
         total_params,
     });
-    let mut state = rundir::fresh_state();
-    if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
-        state = checkpoint::load(latest, &mut trainer)?;
-    }
-    let mut metrics = Metrics::open(run_dir.join("metrics.jsonl"), state.step)?;
-    obs.start(
-        total_steps,
-        state.step,
-        data.train.tokens(),
-        data.val.tokens(),
-    );
-    let spec = &data.spec;
-    let output = Output {
-        run_dir,
-        model_cfg: &model_cfg,
-        lora: cfg.lora.as_ref(),
-        tok: &tok,
-        meta: modeldir::Meta {
-            classifier: Some(spec.clone()),
-            prompt_style: None,
-        },
+    let meta = modeldir::Meta {
+        classifier: Some(data.spec.clone()),
+        prompt_style: None,
     };
-    let mut position = (state.epoch, state.batch);
-    loop {
-        let mut failure: Option<ModelError> = None;
-        let mut stop = false;
-        let mut due = false;
-        let train = &data.train;
-        position = trainer.run_examples(
-            train.len(),
-            position,
-            &mut |m, idx, rng| {
-                let (ids, lengths, targets) = batch(spec, train, idx, m.device())?;
-                let logits = class_logits(m, spec, &ids, &lengths, Some(rng))?;
-                let loss =
-                    crate::loss::cross_entropy(&logits, &targets, crate::loss::IGNORE_INDEX)?;
-                Ok((loss, lengths.iter().sum::<usize>() as u64))
-            },
-            &mut |t, r| {
-                if !(r.train_loss.is_finite() && r.grad_norm.is_finite()) {
-                    failure = Some(ModelError::Config(format!(
-                        "step {}: the loss ({}) or gradient norm ({}) is not finite; stopping. Resume from the last checkpoint in {} with a lower --lr",
-                        r.step, r.train_loss, r.grad_norm, ckpt_dir.display()
-                    )));
-                    return Ok(false);
-                }
-                metrics.write(serde_json::json!({"step": r.step, "epoch": r.epoch, "train_loss": r.train_loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens_seen": r.tokens_seen}))?;
-                obs.step(r);
-                let last = r.step + 1 == total_steps;
-                let epoch_end = per_epoch > 0 && (r.step + 1) % per_epoch == 0;
-                if (cfg.eval_every > 0 && (r.step + 1) % cfg.eval_every == 0) || epoch_end || last {
-                    let (train_loss, train_acc) =
-                        evaluate(&t.model, spec, train, cfg.batch_size, cfg.eval_batches)?;
-                    let (val_loss, val_acc) =
-                        evaluate(&t.model, spec, &data.val, cfg.batch_size, cfg.eval_batches)?;
-                    let e = EvalRecord {
-                        step: r.step,
-                        tokens_seen: r.tokens_seen,
-                        train_loss,
-                        val_loss,
-                        train_accuracy: Some(train_acc),
-                        val_accuracy: Some(val_acc),
-                    };
-                    metrics.write(serde_json::json!({"step": e.step, "epoch": r.epoch, "tokens_seen": e.tokens_seen, "train_loss_eval": train_loss, "val_loss": val_loss, "train_accuracy": train_acc, "val_accuracy": val_acc}))?;
-                    atomic_write(&run_dir.join("loss.svg"), chart_svg(&metrics.points("train_loss_eval", "val_loss"), "loss").as_bytes())?;
-                    atomic_write(&run_dir.join("accuracy.svg"), chart_svg(&metrics.points("train_accuracy", "val_accuracy"), "accuracy").as_bytes())?;
-                    obs.eval(&e);
-                    state.val_loss = Some(val_loss);
-                    // Best by validation accuracy; among equals, by validation loss.
-                    let better = state.best_val_accuracy.is_none_or(|a| val_acc > a)
-                        || (state.best_val_accuracy == Some(val_acc)
-                            && state.best_val_loss.is_none_or(|b| val_loss < b));
-                    if !data.val.is_empty() && better {
-                        state.best_val_accuracy = Some(val_acc);
-                        state.best_val_loss = Some(val_loss);
-                        state.best_step = Some(r.step + 1);
-                        output.save_model(t, &run_dir.join("best"))?;
-                    }
-                }
-                stop = obs.stop_requested();
-                due = cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0;
-                Ok(!stop && !due)
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let saved = rundir::checkpoint_at(
-            &ckpt_dir,
-            &trainer,
-            &mut state,
-            position,
-            cfg.keep_checkpoints,
-        )?;
-        obs.checkpoint(&saved);
-        let finished = !stop && !due || trainer.step >= total_steps;
-        if stop && !finished {
-            return Ok((Ending::Stopped { checkpoint: saved }, None));
-        }
-        if !finished {
-            continue;
-        }
-        let eval = |d: &Encoded| evaluate(&trainer.model, spec, d, cfg.batch_size, None);
-        let (train_loss, train_accuracy) = eval(&data.train)?;
-        let (val_loss, val_accuracy) = eval(&data.val)?;
-        let (test_loss, test_accuracy) = eval(&data.test)?;
-        let out = output.finish(
-            &trainer,
-            &Base {
-                source: &cfg.model,
-                random: cfg.model_config.is_some() || is_preset(&cfg.model),
-                cfg: &base_cfg,
-                tensors: &base_tensors,
-            },
-            cfg.merge,
-        )?;
-        let results = Results {
-            labels: data.labels.clone(),
-            train_examples: data.train.len(),
-            val_examples: data.val.len(),
-            test_examples: data.test.len(),
-            max_length: spec.max_length,
-            trainable_params: trainer.trainable_params(),
-            total_params,
-            train_loss,
-            val_loss,
-            test_loss,
-            train_accuracy,
-            val_accuracy,
-            test_accuracy,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        write_json(&run_dir.join("results.json"), &results)?;
-        return Ok((Ending::Finished { model_dir: out }, Some(results)));
+    let mut task = Classifying {
+        data: &data,
+        batch_size: cfg.optim.batch_size,
+        output: cfg.tune.output(run_dir, &model_cfg, &tok, meta),
+    };
+    if let Outcome::Stopped(checkpoint) =
+        run::train(run_dir, &mut trainer, &mut task, &cfg.run, obs)?
+    {
+        return Ok((Ending::Stopped { checkpoint }, None));
     }
+    let eval = |d: &Encoded| evaluate(&trainer.model, &data.spec, d, cfg.optim.batch_size, None);
+    let (train_loss, train_accuracy) = eval(&data.train)?;
+    let (val_loss, val_accuracy) = eval(&data.val)?;
+    let (test_loss, test_accuracy) = eval(&data.test)?;
+    let base = cfg.tune.base(&base_cfg, &base_tensors);
+    let out = task.output.finish(&trainer, &base, cfg.tune.merge)?;
+    let results = Results {
+        labels: data.labels.clone(),
+        train_examples: data.train.len(),
+        val_examples: data.val.len(),
+        test_examples: data.test.len(),
+        max_length: data.spec.max_length,
+        trainable_params: trainer.trainable_params(),
+        total_params,
+        train_loss,
+        val_loss,
+        test_loss,
+        train_accuracy,
+        val_accuracy,
+        test_accuracy,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(&run_dir.join("results.json"), &results)?;
+    Ok((Ending::Finished { model_dir: out }, Some(results)))
 }

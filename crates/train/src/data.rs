@@ -120,6 +120,25 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// The first `max_batches` batches (all when `None`) of `n` examples in order, as evaluation
+    /// reads them (`drop_last`: full batches only).
+    pub fn in_order(
+        n: usize,
+        batch_size: usize,
+        drop_last: bool,
+        max_batches: Option<usize>,
+    ) -> Vec<Vec<usize>> {
+        let loader = Loader {
+            batch_size,
+            shuffle: false,
+            drop_last,
+            seed: 0,
+        };
+        let mut batches = loader.epoch(n, 0);
+        batches.truncate(max_batches.unwrap_or(usize::MAX));
+        batches
+    }
+
     /// Number of batches per epoch over `n` windows.
     pub fn batches(&self, n: usize) -> usize {
         if self.drop_last {

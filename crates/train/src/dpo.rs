@@ -8,24 +8,20 @@
 //!
 //! Run directory (as pretraining's): `config.json`, `metrics.jsonl` (per step: loss and rewards; per
 //! evaluation: train and validation loss, chosen and rejected rewards, margin), `loss.svg`,
-//! `margin.svg`, `checkpoints/`, `model/` (or `adapter/`), `results.json`.
-use crate::checkpoint;
+//! `margin.svg`, `checkpoints/`, `best/` (lowest validation DPO loss), `model/` (or `adapter/`),
+//! `results.json`.
 use crate::data::Loader;
-use crate::finetune::{is_preset, Base, Output, Trainable};
-use crate::instruct::{read_entries, split, Entry};
-use crate::metrics::Metrics;
-use crate::optim::AdamWConfig;
-use crate::plot::chart_svg;
-use crate::pretrain::{Ending, EvalRecord, Observer};
-use crate::rundir::{self, err, write_json};
-use crate::trainer::{TrainSettings, Trainer};
+use crate::finetune::{Output, TuneConfig};
+use crate::instruct::{check_split, language_model_pad, read_entries, split, Entry};
+use crate::run::{self, BatchLoss, BestBy, Ending, Evaluation, Observer, Outcome, Plot, Task};
+use crate::rundir::{err, write_json, RunSettings};
+use crate::settings::{OptimConfig, RunConfig};
+use crate::trainer::Trainer;
 use candle_core::{Device, Tensor, D};
-use scratchllm_model::lora::{self, LoraSpec};
-use scratchllm_model::{modeldir, DropoutRng, Gpt, GptConfig, ModelError, PromptStyle, Weights};
-use scratchllm_tokenizer::{SpecialMode, Tokenizer, ENDOFTEXT};
+use scratchllm_model::{modeldir, DropoutRng, Gpt, GptConfig, ModelError, PromptStyle};
+use scratchllm_tokenizer::{SpecialMode, Tokenizer};
 use serde::{Deserialize, Serialize};
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
@@ -140,13 +136,13 @@ fn side(
     ))
 }
 
-/// Everything that defines a DPO run; saved as `config.json`.
+/// Everything that defines a DPO run; saved as `config.json`. `tune.model` is the policy's and
+/// the frozen reference's starting model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DpoConfig {
     pub version: u32,
-    /// The policy's (and the reference's) starting model: a path or a preset.
-    pub model: String,
-    pub data: PathBuf,
+    #[serde(flatten)]
+    pub tune: TuneConfig,
     pub prompt_style: PromptStyle,
     pub train_fraction: f64,
     pub test_fraction: f64,
@@ -154,33 +150,21 @@ pub struct DpoConfig {
     pub max_length: Option<usize>,
     /// Score only the responses (the book's default).
     pub mask_prompt: bool,
+    /// How far the policy may move from the reference.
     pub beta: f64,
-    pub trainable: Trainable,
-    pub lora: Option<LoraSpec>,
-    pub epochs: usize,
-    pub max_steps: Option<usize>,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub seed: u64,
-    pub eval_every: usize,
-    pub eval_batches: Option<usize>,
-    pub checkpoint_every: usize,
-    pub keep_checkpoints: usize,
-    pub merge: bool,
-    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
-    /// bf16 autocast.
-    #[serde(default)]
-    pub bf16: bool,
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    #[serde(flatten)]
+    pub run: RunConfig,
 }
 
 impl DpoConfig {
-    /// The book's DPO settings (batch 8, lr 5e-6, beta 0.1, one epoch, evaluation every 5 steps).
+    /// The book's DPO settings (batch 8, lr 5e-6, weight decay 0.01, beta 0.1, one epoch,
+    /// evaluation every 5 steps over 5 batches).
     pub fn book(model: &str, data: &Path) -> Self {
         DpoConfig {
             version: CONFIG_VERSION,
-            model: model.to_string(),
-            data: data.to_path_buf(),
+            tune: TuneConfig::new(model, data),
             prompt_style: PromptStyle::Alpaca,
             train_fraction: 0.85,
             test_fraction: 0.10,
@@ -188,21 +172,33 @@ impl DpoConfig {
             max_length: None,
             mask_prompt: true,
             beta: 0.1,
-            trainable: Trainable::All,
-            lora: None,
-            epochs: 1,
-            max_steps: None,
-            batch_size: 8,
-            lr: 5e-6,
-            weight_decay: 0.01,
-            seed: 123,
-            eval_every: 5,
-            eval_batches: Some(5),
-            checkpoint_every: 200,
-            keep_checkpoints: 2,
-            merge: false,
-            bf16: false,
+            optim: OptimConfig::constant(1, 8, 5e-6, 0.01),
+            run: RunConfig::new(5, Some(5), 200),
         }
+    }
+}
+
+impl RunSettings for DpoConfig {
+    const VERSION: u32 = CONFIG_VERSION;
+
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn shared(&self) -> (&OptimConfig, &RunConfig) {
+        (&self.optim, &self.run)
+    }
+
+    fn check(&self) -> Result<()> {
+        self.tune.validate()?;
+        check_split(self.train_fraction, self.test_fraction)?;
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return Err(ModelError::Config(format!(
+                "--beta {} must be a positive number",
+                self.beta
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -220,14 +216,26 @@ impl DpoEval {
     }
 }
 
-struct Models<'a> {
+/// Preference pairs scored against a frozen reference: DPO as a task of the run loop.
+struct Preferring<'a> {
     reference: &'a Gpt,
     pad: u32,
     cfg: &'a DpoConfig,
     ctx: usize,
+    train: &'a [Pair],
+    val: &'a [Pair],
+    output: Output<'a>,
 }
 
-impl Models<'_> {
+/// The reward-margin plot beside the loss plot.
+const MARGIN_PLOT: Plot = Plot {
+    file: "margin.svg",
+    train_key: "train_margin",
+    val_key: "val_margin",
+    title: "reward margin",
+};
+
+impl Preferring<'_> {
     /// Loss and rewards of the pairs `idx` under `policy`.
     fn batch(
         &self,
@@ -248,24 +256,24 @@ impl Models<'_> {
         dpo_loss(&pc, &pr, &rc, &rr, self.cfg.beta)
     }
 
-    fn evaluate(&self, policy: &Gpt, data: &[Pair], max_batches: Option<usize>) -> Result<DpoEval> {
-        let loader = Loader {
-            batch_size: self.cfg.batch_size,
-            shuffle: false,
-            drop_last: false,
-            seed: 0,
-        };
-        let batches = loader.epoch(data.len(), 0);
-        let n = max_batches.map_or(batches.len(), |m| m.min(batches.len()));
+    fn eval_pairs(
+        &self,
+        policy: &Gpt,
+        data: &[Pair],
+        max_batches: Option<usize>,
+    ) -> Result<DpoEval> {
+        let batches = Loader::in_order(data.len(), self.cfg.optim.batch_size, false, max_batches);
+        let n = batches.len();
         if n == 0 {
+            let nan = f32::NAN;
             return Ok(DpoEval {
-                loss: f32::NAN,
-                chosen_reward: f32::NAN,
-                rejected_reward: f32::NAN,
+                loss: nan,
+                chosen_reward: nan,
+                rejected_reward: nan,
             });
         }
         let mut acc = DpoEval::default();
-        for idx in &batches[..n] {
+        for idx in &batches {
             let (loss, c, r) = self.batch(policy, data, idx, None)?;
             acc.loss += loss.to_scalar::<f32>()? / n as f32;
             acc.chosen_reward += c / n as f32;
@@ -273,6 +281,77 @@ impl Models<'_> {
         }
         Ok(acc)
     }
+}
+
+impl Task for Preferring<'_> {
+    fn examples(&self) -> usize {
+        self.train.len()
+    }
+
+    fn tokens(&self) -> (usize, usize) {
+        (pair_tokens(self.train), pair_tokens(self.val))
+    }
+
+    fn loss(&mut self, model: &Gpt, idx: &[usize], rng: &DropoutRng) -> Result<BatchLoss> {
+        let (loss, c, r) = self.batch(model, self.train, idx, Some(rng))?;
+        let sizes = idx
+            .iter()
+            .map(|&i| self.train[i].chosen.len() + self.train[i].rejected.len());
+        Ok(BatchLoss {
+            loss,
+            tokens: sizes.sum::<usize>() as u64,
+            figures: vec![
+                ("chosen_reward", c),
+                ("rejected_reward", r),
+                ("reward_margin", c - r),
+            ],
+        })
+    }
+
+    fn evaluate(&mut self, model: &Gpt, max_batches: Option<usize>) -> Result<Evaluation> {
+        let te = self.eval_pairs(model, self.train, max_batches)?;
+        let ve = self.eval_pairs(model, self.val, max_batches)?;
+        Ok(Evaluation {
+            train_loss: te.loss,
+            val_loss: ve.loss,
+            figures: vec![
+                ("train_chosen_reward", te.chosen_reward),
+                ("train_rejected_reward", te.rejected_reward),
+                ("train_margin", te.margin()),
+                ("val_chosen_reward", ve.chosen_reward),
+                ("val_rejected_reward", ve.rejected_reward),
+                ("val_margin", ve.margin()),
+            ],
+            note: Some(format!(
+                "reward margin: train {:.3} | validation {:.3}",
+                te.margin(),
+                ve.margin()
+            )),
+            ..Default::default()
+        })
+    }
+
+    /// The DPO loss falls as the margin between chosen and rejected rewards grows; unlike the
+    /// mean margin, it cannot be won by pushing a few pairs far apart.
+    fn best_by(&self) -> BestBy {
+        BestBy::ValLoss
+    }
+
+    fn plots(&self) -> &'static [Plot] {
+        &[MARGIN_PLOT]
+    }
+
+    fn save_model(&self, t: &Trainer, dir: &Path) -> Result<()> {
+        self.output.save_model(t, dir)
+    }
+}
+
+/// Tokens of both sides of the pairs.
+fn pair_tokens(pairs: &[Pair]) -> usize {
+    pairs
+        .iter()
+        .map(|p| p.chosen.len() + p.rejected.len())
+        .sum()
 }
 
 /// What a finished DPO run measured.
@@ -295,49 +374,37 @@ pub fn finetune_dpo(
     obs: &mut dyn Observer,
 ) -> Result<(Ending, Option<DpoResults>)> {
     let started = std::time::Instant::now();
-    let (cfg, ckpt_dir) = rundir::open(run_dir, new, CONFIG_VERSION, |c: &DpoConfig| c.version)?;
-    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
-    if cfg.batch_size == 0 || cfg.epochs == 0 || !(cfg.beta > 0.0 && cfg.beta.is_finite()) {
-        return Err(ModelError::Config(
-            "batch size and epochs must be at least 1, and beta positive".into(),
-        ));
-    }
-    if (cfg.trainable == Trainable::Lora) != cfg.lora.is_some() {
-        return Err(ModelError::Config(
-            "LoRA settings go with trainable = lora, and only with it".into(),
-        ));
-    }
+    let cfg: DpoConfig = crate::rundir::open(run_dir, new)?;
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
     let device = Device::Cpu;
-    let files = modeldir::load_or_preset(&cfg.model, cfg.seed, &device)?;
-    if files.config.num_classes.is_some() {
-        return Err(err(
-            Path::new(&cfg.model),
-            "this model is a classifier; DPO needs a language model",
-        ));
-    }
-    let tok = files.tokenizer;
-    let pad = tok.special_id(ENDOFTEXT).ok_or_else(|| {
-        ModelError::Config("the tokenizer has no <|endoftext|> token to pad with".into())
-    })?;
+    let seed = cfg.optim.seed;
+    let (base_cfg, base, tok) = cfg.tune.start(seed, &device)?;
+    let pad = language_model_pad(&cfg.tune.model, &base_cfg, &tok)?;
     let model_cfg = GptConfig {
-        drop_rate: 0.0,
-        ..files.config.clone()
+        drop_rate: cfg.tune.drop_rate,
+        ..base_cfg.clone()
     };
-    let reference = Gpt::new(&model_cfg, &files.weights)?;
-    let entries = read_entries(&cfg.data, &["chosen", "rejected"])?;
+    let reference = Gpt::new(
+        &GptConfig {
+            drop_rate: 0.0,
+            ..base_cfg.clone()
+        },
+        &base,
+    )?;
+    let data = &cfg.tune.data;
     let (train_e, test_e, val_e) = split(
-        entries,
+        read_entries(data, &["chosen", "rejected"])?,
         cfg.train_fraction,
         cfg.test_fraction,
-        cfg.shuffle_split.then_some(cfg.seed),
+        cfg.shuffle_split.then_some(seed),
     );
-    if train_e.len() < cfg.batch_size {
+    if train_e.len() < cfg.optim.batch_size {
         return Err(err(
-            &cfg.data,
+            data,
             format!(
                 "{} training pairs for batches of {}",
                 train_e.len(),
-                cfg.batch_size
+                cfg.optim.batch_size
             ),
         ));
     }
@@ -347,151 +414,41 @@ pub fn finetune_dpo(
             .collect::<Result<Vec<_>>>()
     };
     let (train, val, test) = (pairs(&train_e)?, pairs(&val_e)?, pairs(&test_e)?);
-    let base_tensors = files.weights.tensors().clone();
-    let mut tensors = files.weights.into_tensors();
-    if let Some(l) = &cfg.lora {
-        tensors.extend(lora::init(&model_cfg, l, cfg.seed ^ 0x6c6f_7261, &device)?);
-    }
-    let settings = TrainSettings::finetune(
-        train.len(),
-        cfg.batch_size,
-        cfg.epochs,
-        cfg.max_steps,
-        AdamWConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-        None,
-        cfg.seed,
-    );
-    let total_steps = settings.schedule.total_steps;
-    let n_layers = model_cfg.n_layers;
-    let mut trainer = Trainer::partly_frozen(
-        &model_cfg,
-        Weights::new(tensors, "the policy"),
-        cfg.lora.as_ref(),
-        &|name| cfg.trainable.selects(name, n_layers),
-        settings,
-    )?;
-    let mut state = rundir::fresh_state();
-    if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
-        state = checkpoint::load(latest, &mut trainer)?;
-    }
-    let mut metrics = Metrics::open(run_dir.join("metrics.jsonl"), state.step)?;
-    let tokens = |d: &[Pair]| {
-        d.iter()
-            .map(|p| p.chosen.len() + p.rejected.len())
-            .sum::<usize>()
+    let base_tensors = base.tensors().clone();
+    let settings = cfg.optim.settings(train.len(), true);
+    let mut trainer = cfg
+        .tune
+        .trainer(&model_cfg, base.into_tensors(), seed, settings, &device)?;
+    let meta = modeldir::Meta {
+        classifier: None,
+        prompt_style: Some(cfg.prompt_style),
     };
-    obs.start(total_steps, state.step, tokens(&train), tokens(&val));
-    let models = Models {
+    let mut task = Preferring {
         reference: &reference,
         pad,
         cfg: &cfg,
         ctx: model_cfg.context_length,
+        train: &train,
+        val: &val,
+        output: cfg.tune.output(run_dir, &model_cfg, &tok, meta),
     };
-    let style = cfg.prompt_style;
-    let output = Output {
-        run_dir,
-        model_cfg: &model_cfg,
-        lora: cfg.lora.as_ref(),
-        tok: &tok,
-        meta: modeldir::Meta {
-            classifier: None,
-            prompt_style: Some(style),
-        },
-    };
-    let rewards = Cell::new((0f32, 0f32));
-    let mut position = (state.epoch, state.batch);
-    loop {
-        let mut failure: Option<ModelError> = None;
-        let (mut stop, mut due) = (false, false);
-        position = trainer.run_examples(
-            train.len(),
-            position,
-            &mut |m, idx, rng| {
-                let (loss, c, r) = models.batch(m, &train, idx, Some(rng))?;
-                rewards.set((c, r));
-                let n = idx.iter().map(|&i| (train[i].chosen.len() + train[i].rejected.len()) as u64).sum();
-                Ok((loss, n))
-            },
-            &mut |t, r| {
-                if !(r.train_loss.is_finite() && r.grad_norm.is_finite()) {
-                    failure = Some(ModelError::Config(format!(
-                        "step {}: the loss ({}) or gradient norm ({}) is not finite; stopping. Resume from the last checkpoint in {} with a lower --lr",
-                        r.step, r.train_loss, r.grad_norm, ckpt_dir.display()
-                    )));
-                    return Ok(false);
-                }
-                let (c, rj) = rewards.get();
-                metrics.write(serde_json::json!({"step": r.step, "epoch": r.epoch, "train_loss": r.train_loss, "chosen_reward": c, "rejected_reward": rj, "reward_margin": c - rj, "lr": r.lr, "grad_norm": r.grad_norm, "tokens_seen": r.tokens_seen}))?;
-                obs.step(r);
-                let last = r.step + 1 == total_steps;
-                if (cfg.eval_every > 0 && r.step % cfg.eval_every == 0) || last {
-                    let te = models.evaluate(&t.model, &train, cfg.eval_batches)?;
-                    let ve = models.evaluate(&t.model, &val, cfg.eval_batches)?;
-                    metrics.write(serde_json::json!({"step": r.step, "tokens_seen": r.tokens_seen, "train_loss_eval": te.loss, "val_loss": ve.loss,
-                        "train_chosen_reward": te.chosen_reward, "train_rejected_reward": te.rejected_reward, "train_margin": te.margin(),
-                        "val_chosen_reward": ve.chosen_reward, "val_rejected_reward": ve.rejected_reward, "val_margin": ve.margin()}))?;
-                    let write = |name: &str, svg: String| scratchllm_tokenizer::io::atomic_write(&run_dir.join(name), svg.as_bytes());
-                    write("loss.svg", chart_svg(&metrics.points("train_loss_eval", "val_loss"), "DPO loss"))?;
-                    write("margin.svg", chart_svg(&metrics.points("train_margin", "val_margin"), "reward margin"))?;
-                    obs.eval(&EvalRecord {
-                        step: r.step,
-                        tokens_seen: r.tokens_seen,
-                        train_loss: te.loss,
-                        val_loss: ve.loss,
-                        train_accuracy: None,
-                        val_accuracy: None,
-                    });
-                    obs.sample(r.step, &format!("reward margin: train {:.3} | validation {:.3}", te.margin(), ve.margin()));
-                    state.val_loss = Some(ve.loss);
-                }
-                stop = obs.stop_requested();
-                due = cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0;
-                Ok(!stop && !due)
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let saved = rundir::checkpoint_at(
-            &ckpt_dir,
-            &trainer,
-            &mut state,
-            position,
-            cfg.keep_checkpoints,
-        )?;
-        obs.checkpoint(&saved);
-        let finished = !stop && !due || trainer.step >= total_steps;
-        if stop && !finished {
-            return Ok((Ending::Stopped { checkpoint: saved }, None));
-        }
-        if !finished {
-            continue;
-        }
-        let out = output.finish(
-            &trainer,
-            &Base {
-                source: &cfg.model,
-                random: is_preset(&cfg.model),
-                cfg: &model_cfg,
-                tensors: &base_tensors,
-            },
-            cfg.merge,
-        )?;
-        let results = DpoResults {
-            train_pairs: train.len(),
-            val_pairs: val.len(),
-            test_pairs: test.len(),
-            trainable_params: trainer.trainable_params(),
-            train: models.evaluate(&trainer.model, &train, cfg.eval_batches)?,
-            val: models.evaluate(&trainer.model, &val, None)?,
-            test: models.evaluate(&trainer.model, &test, None)?,
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        write_json(&run_dir.join("results.json"), &results)?;
-        return Ok((Ending::Finished { model_dir: out }, Some(results)));
+    if let Outcome::Stopped(checkpoint) =
+        run::train(run_dir, &mut trainer, &mut task, &cfg.run, obs)?
+    {
+        return Ok((Ending::Stopped { checkpoint }, None));
     }
+    let base = cfg.tune.base(&base_cfg, &base_tensors);
+    let out = task.output.finish(&trainer, &base, cfg.tune.merge)?;
+    let results = DpoResults {
+        train_pairs: train.len(),
+        val_pairs: val.len(),
+        test_pairs: test.len(),
+        trainable_params: trainer.trainable_params(),
+        train: task.eval_pairs(&trainer.model, &train, cfg.run.eval_batches)?,
+        val: task.eval_pairs(&trainer.model, &val, None)?,
+        test: task.eval_pairs(&trainer.model, &test, None)?,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(&run_dir.join("results.json"), &results)?;
+    Ok((Ending::Finished { model_dir: out }, Some(results)))
 }

@@ -1,7 +1,9 @@
-//! What the fine-tuning runs (classification, instruction, DPO) share: saving the model being
-//! tuned (LoRA adapters merged), and the final outputs — `model/`, or with LoRA `adapter/` beside
-//! its base.
-use crate::trainer::Trainer;
+//! What the fine-tuning runs (classification, instruction, DPO) share: their settings of the
+//! starting model and of what is trained ([`TuneConfig`]), the trainer over a partly frozen model
+//! with LoRA adapters, saving the model being tuned (adapters merged), and the final outputs —
+//! `model/`, or with LoRA `adapter/` beside its base.
+use crate::settings::check_drop_rate;
+use crate::trainer::{TrainSettings, Trainer};
 use candle_core::Device;
 use candle_core::Tensor;
 use scratchllm_model::lora::{self, LoraSpec};
@@ -48,9 +50,121 @@ impl Trainable {
     }
 }
 
+/// The settings every fine-tuning run shares: where it starts and what it trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TuneConfig {
+    /// The starting model: a path (any layout) or a preset name (random weights).
+    pub model: String,
+    /// A configuration for a randomly initialized model (instead of `model`).
+    #[serde(default)]
+    pub model_config: Option<GptConfig>,
+    pub data: PathBuf,
+    pub trainable: Trainable,
+    pub lora: Option<LoraSpec>,
+    /// With LoRA, also write `model/` with the adapters merged.
+    pub merge: bool,
+    #[serde(default)]
+    pub drop_rate: f32,
+}
+
+impl TuneConfig {
+    /// Full training of `model` on `data`, no dropout.
+    pub fn new(model: &str, data: &Path) -> Self {
+        TuneConfig {
+            model: model.to_string(),
+            model_config: None,
+            data: data.to_path_buf(),
+            trainable: Trainable::All,
+            lora: None,
+            merge: false,
+            drop_rate: 0.0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if (self.trainable == Trainable::Lora) != self.lora.is_some() {
+            return Err(ModelError::Config(
+                "LoRA settings go with trainable = lora, and only with it".into(),
+            ));
+        }
+        if let Some(l) = &self.lora {
+            l.validate()?;
+        }
+        if let Some(mc) = &self.model_config {
+            mc.validate()?;
+        }
+        check_drop_rate(self.drop_rate)
+    }
+
+    /// The starting model: random weights for `model_config` (GPT-2's tokenizer), else the model
+    /// at `model`, or a preset's random weights.
+    pub(crate) fn start(
+        &self,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(GptConfig, Weights, Tokenizer)> {
+        starting_model(&self.model, self.model_config.as_ref(), seed, device)
+    }
+
+    /// The weights it started from, as [`Output::finish`] needs them.
+    pub(crate) fn base<'a>(
+        &'a self,
+        cfg: &'a GptConfig,
+        tensors: &'a HashMap<String, Tensor>,
+    ) -> Base<'a> {
+        Base {
+            source: &self.model,
+            random: self.model_config.is_some() || is_preset(&self.model),
+            cfg,
+            tensors,
+        }
+    }
+
+    /// The trainer over `tensors` of a `model_cfg` model: LoRA adapters added (seeded), the
+    /// weights this run trains selected and the rest frozen.
+    pub(crate) fn trainer(
+        &self,
+        model_cfg: &GptConfig,
+        mut tensors: HashMap<String, Tensor>,
+        seed: u64,
+        settings: TrainSettings,
+        device: &Device,
+    ) -> Result<Trainer> {
+        if let Some(l) = &self.lora {
+            tensors.extend(lora::init(model_cfg, l, seed ^ 0x6c6f_7261, device)?);
+            // "lora"
+        }
+        let n_layers = model_cfg.n_layers;
+        Trainer::partly_frozen(
+            model_cfg,
+            Weights::new(tensors, "the model being fine-tuned"),
+            self.lora.as_ref(),
+            &|name| self.trainable.selects(name, n_layers),
+            settings,
+        )
+    }
+
+    /// Where and how the run writes models.
+    pub(crate) fn output<'a>(
+        &'a self,
+        run_dir: &'a Path,
+        model_cfg: &'a GptConfig,
+        tok: &'a Tokenizer,
+        meta: Meta,
+    ) -> Output<'a> {
+        Output {
+            run_dir,
+            model_cfg,
+            lora: self.lora.as_ref(),
+            tok,
+            meta,
+        }
+    }
+}
+
 /// The starting model and tokenizer: random weights for `model_config` (GPT-2's tokenizer), else
 /// the model at `model`, or a preset's random weights.
-pub(crate) fn starting_model(
+fn starting_model(
     model: &str,
     model_config: Option<&GptConfig>,
     seed: u64,
@@ -68,7 +182,7 @@ pub(crate) fn starting_model(
 }
 
 /// Whether a run's `model` names a preset (random weights) rather than a path.
-pub(crate) fn is_preset(model: &str) -> bool {
+fn is_preset(model: &str) -> bool {
     GptConfig::preset(model).is_some() && !Path::new(model).exists()
 }
 

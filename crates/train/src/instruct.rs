@@ -6,27 +6,23 @@
 //! `best/` (lowest validation loss), `model/` (or `adapter/` with LoRA), `results.json` (loss and
 //! perplexity of the reference responses on each split) and `test-responses.json` (the test entries
 //! with `model_response`, as the book's `instruction-data-with-response.json`).
-use crate::checkpoint;
 use crate::data::Loader;
-use crate::finetune::{is_preset, starting_model, Base, Output, Trainable};
+use crate::finetune::{Output, TuneConfig};
 use crate::loss::{cross_entropy, IGNORE_INDEX};
-use crate::metrics::Metrics;
-use crate::optim::AdamWConfig;
-use crate::plot::loss_svg;
-use crate::pretrain::{Ending, EvalRecord, Observer};
-use crate::rundir::{self, err, write_json};
-use crate::trainer::{TrainSettings, Trainer};
+use crate::run::{self, BatchLoss, BestBy, Ending, Evaluation, Observer, Outcome, Task};
+use crate::rundir::{err, write_json, RunSettings};
+use crate::settings::{OptimConfig, RunConfig};
+use crate::trainer::Trainer;
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use scratchllm_model::lora::{self, LoraSpec};
 use scratchllm_model::{
-    generate, modeldir, GenerateOptions, Gpt, GptConfig, ModelError, PromptStyle, Weights,
+    generate, modeldir, DropoutRng, GenerateOptions, Gpt, GptConfig, ModelError, PromptStyle,
 };
 use scratchllm_tokenizer::{SpecialMode, Tokenizer, ENDOFTEXT};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
@@ -196,10 +192,8 @@ pub fn collate(
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstructConfig {
     pub version: u32,
-    /// The starting model: a path (any layout) or a preset name (random weights).
-    pub model: String,
-    pub model_config: Option<GptConfig>,
-    pub data: PathBuf,
+    #[serde(flatten)]
+    pub tune: TuneConfig,
     pub prompt_style: PromptStyle,
     pub train_fraction: f64,
     pub test_fraction: f64,
@@ -208,131 +202,144 @@ pub struct InstructConfig {
     /// Cut batches to this many tokens (default: the model's context).
     pub max_length: Option<usize>,
     pub mask_prompt: bool,
-    pub trainable: Trainable,
-    pub lora: Option<LoraSpec>,
-    pub drop_rate: f32,
-    pub epochs: usize,
-    pub max_steps: Option<usize>,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub grad_clip: Option<f32>,
-    pub seed: u64,
-    pub eval_every: usize,
-    pub eval_batches: Option<usize>,
-    pub checkpoint_every: usize,
-    pub keep_checkpoints: usize,
     /// Tokens generated per test response (0: no responses).
     pub response_tokens: usize,
-    pub merge: bool,
-    /// Linear layers multiply in bf16 (f32 weights, optimizer and accumulation), as PyTorch's
-    /// bf16 autocast.
-    #[serde(default)]
-    pub bf16: bool,
+    #[serde(flatten)]
+    pub optim: OptimConfig,
+    #[serde(flatten)]
+    pub run: RunConfig,
 }
 
 impl InstructConfig {
-    /// The book's chapter 7 settings.
+    /// The book's chapter 7 settings (2 epochs, batch 8, lr 5e-5, weight decay 0.1, evaluation
+    /// every 5 steps over 5 batches).
     pub fn book(model: &str, data: &Path) -> Self {
         InstructConfig {
             version: CONFIG_VERSION,
-            model: model.to_string(),
-            model_config: None,
-            data: data.to_path_buf(),
+            tune: TuneConfig::new(model, data),
             prompt_style: PromptStyle::Alpaca,
             train_fraction: 0.85,
             test_fraction: 0.10,
             shuffle_split: false,
             max_length: None,
             mask_prompt: false,
-            trainable: Trainable::All,
-            lora: None,
-            drop_rate: 0.0,
-            epochs: 2,
-            max_steps: None,
-            batch_size: 8,
-            lr: 5e-5,
-            weight_decay: 0.1,
-            grad_clip: None,
-            seed: 123,
-            eval_every: 5,
-            eval_batches: Some(5),
-            checkpoint_every: 200,
-            keep_checkpoints: 2,
             response_tokens: 256,
-            merge: false,
-            bf16: false,
+            optim: OptimConfig::constant(2, 8, 5e-5, 0.1),
+            run: RunConfig::new(5, Some(5), 200),
         }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ModelError::Config(m));
-        if self.batch_size == 0 || self.epochs == 0 {
-            return bad("the batch size and the number of epochs must be at least 1".into());
-        }
-        if !(self.train_fraction > 0.0
-            && self.test_fraction >= 0.0
-            && self.train_fraction + self.test_fraction <= 1.0)
-        {
-            return bad(format!(
-                "split fractions train {} and test {} must be positive and sum to at most 1",
-                self.train_fraction, self.test_fraction
-            ));
-        }
-        if (self.trainable == Trainable::Lora) != self.lora.is_some() {
-            return bad("LoRA settings go with trainable = lora, and only with it".into());
-        }
-        if let Some(l) = &self.lora {
-            l.validate()?;
-        }
-        Ok(())
     }
 }
 
-/// Mean loss over the first `max_batches` batches (all when `None`); NaN for no data.
-fn evaluate(
-    model: &Gpt,
-    data: &[Tokenized],
-    pad: u32,
-    cfg: &InstructConfig,
-    ctx: usize,
-    max_batches: Option<usize>,
-) -> Result<f32> {
-    let loader = Loader {
-        batch_size: cfg.batch_size,
-        shuffle: false,
-        drop_last: false,
-        seed: 0,
-    };
-    let batches = loader.epoch(data.len(), 0);
-    let n = max_batches.map_or(batches.len(), |m| m.min(batches.len()));
-    if n == 0 {
-        return Ok(f32::NAN);
+impl RunSettings for InstructConfig {
+    const VERSION: u32 = CONFIG_VERSION;
+
+    fn version(&self) -> u32 {
+        self.version
     }
-    let mut total = 0.0f64;
-    for idx in &batches[..n] {
-        total += batch_loss(model, data, idx, pad, cfg, ctx, None)?.to_scalar::<f32>()? as f64;
+
+    fn shared(&self) -> (&OptimConfig, &RunConfig) {
+        (&self.optim, &self.run)
     }
-    Ok((total / n as f64) as f32)
+
+    fn check(&self) -> Result<()> {
+        self.tune.validate()?;
+        check_split(self.train_fraction, self.test_fraction)
+    }
 }
 
-/// The loss of the examples `idx`, and (through `tokens`) how many inputs they hold.
-fn batch_loss(
-    model: &Gpt,
-    data: &[Tokenized],
-    idx: &[usize],
+/// Refuses training and test fractions that are not positive or sum past 1.
+pub(crate) fn check_split(train: f64, test: f64) -> Result<()> {
+    if train > 0.0 && test >= 0.0 && train + test <= 1.0 {
+        return Ok(());
+    }
+    Err(ModelError::Config(format!(
+        "split fractions train {train} and test {test} must be positive and sum to at most 1"
+    )))
+}
+
+/// Padded prompt-and-response batches: instruction tuning as a task of the run loop.
+struct Instructing<'a> {
+    cfg: &'a InstructConfig,
     pad: u32,
-    cfg: &InstructConfig,
     ctx: usize,
-    train: Option<&scratchllm_model::DropoutRng>,
-) -> Result<Tensor> {
-    let items: Vec<&Tokenized> = idx.iter().map(|&i| &data[i]).collect();
-    let limit = cfg.max_length.unwrap_or(ctx).min(ctx);
-    let (x, y) = collate(&items, pad, cfg.mask_prompt, Some(limit));
-    let t = x[0].len();
-    let x = Tensor::from_vec(x.concat(), (items.len(), t), model.device())?;
-    let logits = model.forward(&x, train)?.flatten_to(1)?;
-    Ok(cross_entropy(&logits, &y.concat(), IGNORE_INDEX)?)
+    train: &'a [Tokenized],
+    val: &'a [Tokenized],
+    output: Output<'a>,
+}
+
+impl Instructing<'_> {
+    /// Mean loss over the first `max_batches` batches (all when `None`); NaN for no data.
+    fn eval_loss(
+        &self,
+        model: &Gpt,
+        data: &[Tokenized],
+        max_batches: Option<usize>,
+    ) -> Result<f32> {
+        let batches = Loader::in_order(data.len(), self.cfg.optim.batch_size, false, max_batches);
+        let n = batches.len();
+        if n == 0 {
+            return Ok(f32::NAN);
+        }
+        let mut total = 0.0f64;
+        for idx in &batches {
+            total += self
+                .batch_loss(model, data, idx, None)?
+                .to_scalar::<f32>()? as f64;
+        }
+        Ok((total / n as f64) as f32)
+    }
+
+    /// The loss of the examples `idx` of `data`.
+    fn batch_loss(
+        &self,
+        model: &Gpt,
+        data: &[Tokenized],
+        idx: &[usize],
+        train: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
+        let items: Vec<&Tokenized> = idx.iter().map(|&i| &data[i]).collect();
+        let limit = self.cfg.max_length.unwrap_or(self.ctx).min(self.ctx);
+        let (x, y) = collate(&items, self.pad, self.cfg.mask_prompt, Some(limit));
+        let t = x[0].len();
+        let x = Tensor::from_vec(x.concat(), (items.len(), t), model.device())?; // (B, T)
+        let logits = model.forward(&x, train)?.flatten_to(1)?; // (B*T, V)
+        Ok(cross_entropy(&logits, &y.concat(), IGNORE_INDEX)?)
+    }
+}
+
+impl Task for Instructing<'_> {
+    fn examples(&self) -> usize {
+        self.train.len()
+    }
+
+    fn tokens(&self) -> (usize, usize) {
+        let tokens = |d: &[Tokenized]| d.iter().map(|t| t.ids.len()).sum::<usize>();
+        (tokens(self.train), tokens(self.val))
+    }
+
+    fn loss(&mut self, model: &Gpt, idx: &[usize], rng: &DropoutRng) -> Result<BatchLoss> {
+        Ok(BatchLoss {
+            loss: self.batch_loss(model, self.train, idx, Some(rng))?,
+            tokens: idx.iter().map(|&i| self.train[i].ids.len() as u64).sum(),
+            figures: Vec::new(),
+        })
+    }
+
+    fn evaluate(&mut self, model: &Gpt, max_batches: Option<usize>) -> Result<Evaluation> {
+        Ok(Evaluation {
+            train_loss: self.eval_loss(model, self.train, max_batches)?,
+            val_loss: self.eval_loss(model, self.val, max_batches)?,
+            ..Default::default()
+        })
+    }
+
+    fn best_by(&self) -> BestBy {
+        BestBy::ValLoss
+    }
+
+    fn save_model(&self, t: &Trainer, dir: &Path) -> Result<()> {
+        self.output.save_model(t, dir)
+    }
 }
 
 /// What a finished run measured: the loss (and perplexity) of the reference responses.
@@ -396,42 +403,29 @@ pub fn finetune_instruct(
     obs: &mut dyn Observer,
 ) -> Result<(Ending, Option<InstructResults>)> {
     let started = std::time::Instant::now();
-    let (cfg, ckpt_dir) =
-        rundir::open(run_dir, new, CONFIG_VERSION, |c: &InstructConfig| c.version)?;
-    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.bf16);
-    cfg.validate()?;
+    let cfg: InstructConfig = crate::rundir::open(run_dir, new)?;
+    let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
     let device = Device::Cpu;
-    let (base_cfg, base, tok) =
-        starting_model(&cfg.model, cfg.model_config.as_ref(), cfg.seed, &device)?;
-    if base_cfg.num_classes.is_some() {
-        return Err(err(
-            Path::new(&cfg.model),
-            "this model is a classifier; instruction fine-tuning needs a language model",
-        ));
-    }
-    let pad = tok.special_id(ENDOFTEXT).ok_or_else(|| {
-        ModelError::Config(
-            "the tokenizer has no <|endoftext|> token to pad and end responses with".into(),
-        )
-    })?;
-    let entries = read_entries(&cfg.data, &[])?;
+    let seed = cfg.optim.seed;
+    let (base_cfg, base, tok) = cfg.tune.start(seed, &device)?;
+    let pad = language_model_pad(&cfg.tune.model, &base_cfg, &tok)?;
+    let data = &cfg.tune.data;
     let (train_e, test_e, val_e) = split(
-        entries,
+        read_entries(data, &[])?,
         cfg.train_fraction,
         cfg.test_fraction,
-        cfg.shuffle_split.then_some(cfg.seed),
+        cfg.shuffle_split.then_some(seed),
     );
-    if train_e.len() < cfg.batch_size {
+    if train_e.len() < cfg.optim.batch_size {
         return Err(err(
-            &cfg.data,
+            data,
             format!(
                 "{} training entries for batches of {}; add data or lower the batch size",
                 train_e.len(),
-                cfg.batch_size
+                cfg.optim.batch_size
             ),
         ));
     }
-    let ctx = base_cfg.context_length;
     let tokenize_all = |es: &[Entry]| {
         es.iter()
             .map(|e| tokenize(e, cfg.prompt_style, &tok))
@@ -443,164 +437,81 @@ pub fn finetune_instruct(
         tokenize_all(&test_e)?,
     );
     let model_cfg = GptConfig {
-        drop_rate: cfg.drop_rate,
+        drop_rate: cfg.tune.drop_rate,
         ..base_cfg.clone()
     };
     let base_tensors = base.tensors().clone();
-    let mut tensors = base.into_tensors();
-    if let Some(l) = &cfg.lora {
-        tensors.extend(lora::init(&model_cfg, l, cfg.seed ^ 0x6c6f_7261, &device)?);
-    }
-    let settings = TrainSettings::finetune(
-        train.len(),
-        cfg.batch_size,
-        cfg.epochs,
-        cfg.max_steps,
-        AdamWConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-        cfg.grad_clip,
-        cfg.seed,
-    );
-    let total_steps = settings.schedule.total_steps;
-    let n_layers = model_cfg.n_layers;
-    let mut trainer = Trainer::partly_frozen(
-        &model_cfg,
-        Weights::new(tensors, "the model being fine-tuned"),
-        cfg.lora.as_ref(),
-        &|name| cfg.trainable.selects(name, n_layers),
-        settings,
-    )?;
-    let mut state = rundir::fresh_state();
-    if let Some((_, latest)) = checkpoint::list(&ckpt_dir).last() {
-        state = checkpoint::load(latest, &mut trainer)?;
-    }
-    let mut metrics = Metrics::open(run_dir.join("metrics.jsonl"), state.step)?;
-    let tokens = |d: &[Tokenized]| d.iter().map(|t| t.ids.len()).sum::<usize>();
-    obs.start(total_steps, state.step, tokens(&train), tokens(&val));
+    let settings = cfg.optim.settings(train.len(), true);
+    let mut trainer = cfg
+        .tune
+        .trainer(&model_cfg, base.into_tensors(), seed, settings, &device)?;
     let style = cfg.prompt_style;
-    let output = Output {
-        run_dir,
-        model_cfg: &model_cfg,
-        lora: cfg.lora.as_ref(),
-        tok: &tok,
-        meta: modeldir::Meta {
-            classifier: None,
-            prompt_style: Some(style),
-        },
+    let meta = modeldir::Meta {
+        classifier: None,
+        prompt_style: Some(style),
     };
-    let mut position = (state.epoch, state.batch);
-    loop {
-        let mut failure: Option<ModelError> = None;
-        let (mut stop, mut due) = (false, false);
-        position = trainer.run_examples(
-            train.len(),
-            position,
-            &mut |m, idx, rng| {
-                let loss = batch_loss(m, &train, idx, pad, &cfg, ctx, Some(rng))?;
-                let n = idx.iter().map(|&i| train[i].ids.len() as u64).sum();
-                Ok((loss, n))
-            },
-            &mut |t, r| {
-                if !(r.train_loss.is_finite() && r.grad_norm.is_finite()) {
-                    failure = Some(ModelError::Config(format!(
-                        "step {}: the loss ({}) or gradient norm ({}) is not finite; stopping. Resume from the last checkpoint in {} with a lower --lr",
-                        r.step, r.train_loss, r.grad_norm, ckpt_dir.display()
-                    )));
-                    return Ok(false);
-                }
-                metrics.write(serde_json::json!({"step": r.step, "epoch": r.epoch, "train_loss": r.train_loss, "lr": r.lr, "grad_norm": r.grad_norm, "tokens_seen": r.tokens_seen}))?;
-                obs.step(r);
-                let last = r.step + 1 == total_steps;
-                if (cfg.eval_every > 0 && r.step % cfg.eval_every == 0) || last {
-                    let e = EvalRecord {
-                        step: r.step,
-                        tokens_seen: r.tokens_seen,
-                        train_loss: evaluate(&t.model, &train, pad, &cfg, ctx, cfg.eval_batches)?,
-                        val_loss: evaluate(&t.model, &val, pad, &cfg, ctx, cfg.eval_batches)?,
-                        train_accuracy: None,
-                        val_accuracy: None,
-                    };
-                    metrics.write(serde_json::json!({"step": e.step, "tokens_seen": e.tokens_seen, "train_loss_eval": e.train_loss, "val_loss": e.val_loss}))?;
-                    scratchllm_tokenizer::io::atomic_write(
-                        &run_dir.join("loss.svg"),
-                        loss_svg(&metrics.points("train_loss_eval", "val_loss")).as_bytes(),
-                    )?;
-                    obs.eval(&e);
-                    state.val_loss = Some(e.val_loss);
-                    if e.val_loss.is_finite() && state.best_val_loss.is_none_or(|b| e.val_loss < b) {
-                        state.best_val_loss = Some(e.val_loss);
-                        state.best_step = Some(r.step + 1);
-                        output.save_model(t, &run_dir.join("best"))?;
-                    }
-                }
-                stop = obs.stop_requested();
-                due = cfg.checkpoint_every > 0 && (r.step + 1) % cfg.checkpoint_every == 0;
-                Ok(!stop && !due)
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let saved = rundir::checkpoint_at(
-            &ckpt_dir,
-            &trainer,
-            &mut state,
-            position,
-            cfg.keep_checkpoints,
-        )?;
-        obs.checkpoint(&saved);
-        let finished = !stop && !due || trainer.step >= total_steps;
-        if stop && !finished {
-            return Ok((Ending::Stopped { checkpoint: saved }, None));
-        }
-        if !finished {
-            continue;
-        }
-        let eval = |d: &[Tokenized]| evaluate(&trainer.model, d, pad, &cfg, ctx, None);
-        let (train_loss, val_loss, test_loss) = (eval(&train)?, eval(&val)?, eval(&test)?);
-        let out = output.finish(
-            &trainer,
-            &Base {
-                source: &cfg.model,
-                random: cfg.model_config.is_some() || is_preset(&cfg.model),
-                cfg: &base_cfg,
-                tensors: &base_tensors,
-            },
-            cfg.merge,
-        )?;
-        if cfg.response_tokens > 0 {
-            let mut responses = Vec::with_capacity(test_e.len());
-            for e in &test_e {
-                let mut v = e.to_json();
-                // A prompt too long for the context costs its own response, not the others.
-                match respond(&trainer.model, &tok, style, e, cfg.response_tokens) {
-                    Ok(text) => v["model_response"] = Value::String(text),
-                    Err(err) => {
-                        v["model_response"] = Value::String(String::new());
-                        v["error"] = Value::String(err.to_string());
-                    }
-                }
-                responses.push(v);
-            }
-            write_json(&run_dir.join("test-responses.json"), &responses)?;
-        }
-        let results = InstructResults {
-            train_examples: train.len(),
-            val_examples: val.len(),
-            test_examples: test.len(),
-            trainable_params: trainer.trainable_params(),
-            train_loss,
-            val_loss,
-            test_loss,
-            test_perplexity: test_loss.exp(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        write_json(&run_dir.join("results.json"), &results)?;
-        return Ok((Ending::Finished { model_dir: out }, Some(results)));
+    let mut task = Instructing {
+        cfg: &cfg,
+        pad,
+        ctx: base_cfg.context_length,
+        train: &train,
+        val: &val,
+        output: cfg.tune.output(run_dir, &model_cfg, &tok, meta),
+    };
+    if let Outcome::Stopped(checkpoint) =
+        run::train(run_dir, &mut trainer, &mut task, &cfg.run, obs)?
+    {
+        return Ok((Ending::Stopped { checkpoint }, None));
     }
+    let eval = |d: &[Tokenized]| task.eval_loss(&trainer.model, d, None);
+    let (train_loss, val_loss, test_loss) = (eval(&train)?, eval(&val)?, eval(&test)?);
+    let base = cfg.tune.base(&base_cfg, &base_tensors);
+    let out = task.output.finish(&trainer, &base, cfg.tune.merge)?;
+    if cfg.response_tokens > 0 {
+        let mut responses = Vec::with_capacity(test_e.len());
+        for e in &test_e {
+            let mut v = e.to_json();
+            // A prompt too long for the context costs its own response, not the others.
+            match respond(&trainer.model, &tok, style, e, cfg.response_tokens) {
+                Ok(text) => v["model_response"] = Value::String(text),
+                Err(err) => {
+                    v["model_response"] = Value::String(String::new());
+                    v["error"] = Value::String(err.to_string());
+                }
+            }
+            responses.push(v);
+        }
+        write_json(&run_dir.join("test-responses.json"), &responses)?;
+    }
+    let results = InstructResults {
+        train_examples: train.len(),
+        val_examples: val.len(),
+        test_examples: test.len(),
+        trainable_params: trainer.trainable_params(),
+        train_loss,
+        val_loss,
+        test_loss,
+        test_perplexity: test_loss.exp(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_json(&run_dir.join("results.json"), &results)?;
+    Ok((Ending::Finished { model_dir: out }, Some(results)))
+}
+
+/// The end-of-text id that pads batches and ends responses, for a language model (not a
+/// classifier) loaded from `source`.
+pub(crate) fn language_model_pad(source: &str, cfg: &GptConfig, tok: &Tokenizer) -> Result<u32> {
+    if cfg.num_classes.is_some() {
+        return Err(err(
+            Path::new(source),
+            "this model is a classifier; instruction tuning and DPO need a language model",
+        ));
+    }
+    tok.special_id(ENDOFTEXT).ok_or_else(|| {
+        ModelError::Config(
+            "the tokenizer has no <|endoftext|> token to pad and end responses with".into(),
+        )
+    })
 }
 
 /// The mean loss of the reference outputs given their prompts (only the response tokens and the

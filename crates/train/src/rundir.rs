@@ -1,6 +1,7 @@
 //! What every training run directory shares: its `config.json` (written when a run starts, read
 //! back on resume, with a format version), its checkpoints directory, and JSON outputs.
 use crate::checkpoint::{self, RunState};
+use crate::settings::{OptimConfig, RunConfig};
 use crate::trainer::Trainer;
 use scratchllm_model::ModelError;
 use scratchllm_tokenizer::io::atomic_write;
@@ -23,19 +24,34 @@ pub(crate) fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     Ok(atomic_write(path, text.as_bytes())?)
 }
 
-/// The configuration of the run in `run_dir`: `new` for a new run (refused when the directory
-/// already has checkpoints; written to `config.json`), else the one saved there, whose `version`
-/// must be `version`. Returns it with the checkpoints directory (created).
-pub(crate) fn open<C: Serialize + DeserializeOwned>(
-    run_dir: &Path,
-    new: Option<C>,
-    version: u32,
-    version_of: impl Fn(&C) -> u32,
-) -> Result<(C, PathBuf)> {
+/// A task's saved configuration: versioned, and checked before a run starts or resumes.
+pub(crate) trait RunSettings: Serialize + DeserializeOwned {
+    /// The format version this scratchllm writes and reads.
+    const VERSION: u32;
+    fn version(&self) -> u32;
+    /// The parts every task has.
+    fn shared(&self) -> (&OptimConfig, &RunConfig);
+    /// Refuses the task's own settings that cannot train (each named, with its value).
+    fn check(&self) -> Result<()>;
+
+    /// Refuses any setting that cannot train.
+    fn validate(&self) -> Result<()> {
+        let (optim, run) = self.shared();
+        optim.validate()?;
+        run.validate()?;
+        self.check()
+    }
+}
+
+/// The configuration of the run in `run_dir`: `new` for a new run (checked, then written to
+/// `config.json`; refused when the directory already has checkpoints), else the one saved there
+/// (its version and settings checked). Nothing is written for settings that do not validate.
+pub(crate) fn open<C: RunSettings>(run_dir: &Path, new: Option<C>) -> Result<C> {
     let ckpt_dir = run_dir.join("checkpoints");
     let config_path = run_dir.join("config.json");
     let cfg = match new {
         Some(cfg) => {
+            cfg.validate()?;
             if !checkpoint::list(&ckpt_dir).is_empty() {
                 return Err(err(run_dir, "this run directory already has checkpoints; continue it with --resume, or choose another --out"));
             }
@@ -50,19 +66,22 @@ pub(crate) fn open<C: Serialize + DeserializeOwned>(
             let text = scratchllm_tokenizer::io::read_text(&config_path)?;
             let cfg: C = serde_json::from_str(&text)
                 .map_err(|e| err(&config_path, format!("invalid run configuration: {e}")))?;
-            if version_of(&cfg) != version {
+            if cfg.version() != C::VERSION {
                 return Err(err(
                     &config_path,
                     format!(
-                        "run format {} but this scratchllm reads {version}",
-                        version_of(&cfg)
+                        "run format {} but this scratchllm reads {}",
+                        cfg.version(),
+                        C::VERSION
                     ),
                 ));
             }
+            cfg.validate()
+                .map_err(|e| err(&config_path, format!("the saved settings are invalid: {e}")))?;
             cfg
         }
     };
-    Ok((cfg, ckpt_dir))
+    Ok(cfg)
 }
 
 /// The state of a run that has not taken a step.

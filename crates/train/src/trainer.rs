@@ -1,8 +1,9 @@
-//! The pretraining loop (the book's `train_model_simple`, chapter 5, and `train_model`, appendix D).
-//!
-//! Each step: forward and backward over `grad_accum` micro-batches (losses averaged), the gradient
-//! norm measured (and clipped when asked: from the first step, or only once warmup is over as
-//! appendix D does), the learning rate set from the schedule, and one AdamW update.
+//! A model under training with its optimizer: one optimizer step — forward and backward over
+//! `grad_accum` micro-batches (losses averaged), the gradient norm measured (and clipped when
+//! asked: from the first step, or only once warmup is over as the book's appendix D does), the
+//! learning rate set from the schedule, and one AdamW update — and the order of those steps over
+//! epochs and batches ([`TrainSettings::groups`]). Evaluation, checkpoints and every other part of
+//! a run are the run loop's ([`crate::run`]); [`Trainer::run`] is the bare chapter 5 loop.
 use crate::data::{batch_tensors, Loader, Windows};
 use crate::optim::{clip_coef, global_norm, AdamW, AdamWConfig, Schedule};
 use candle_core::{Device, Tensor, Var};
@@ -29,40 +30,41 @@ pub struct TrainSettings {
     pub no_decay_bias_norm: bool,
 }
 
+/// One optimizer step's share of the data: its micro-batches (example indices), where it is, and
+/// where the data resumes after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub epoch: usize,
+    pub batches: Vec<Vec<usize>>,
+    /// (epoch, batch within the epoch) of the next step's first batch.
+    pub next: (usize, usize),
+    /// The last step of its epoch.
+    pub epoch_end: bool,
+}
+
 impl TrainSettings {
-    /// Fine-tuning's settings: `epochs` over `n` examples in batches shuffled with `seed` (the last
-    /// partial batch dropped), a constant learning rate, one micro-batch per step, stopping after
-    /// `max_steps` when given.
-    pub fn finetune(
-        n: usize,
-        batch_size: usize,
-        epochs: usize,
-        max_steps: Option<usize>,
-        adamw: AdamWConfig,
-        grad_clip: Option<f32>,
-        seed: u64,
-    ) -> Self {
-        let loader = Loader {
-            batch_size,
-            shuffle: true,
-            drop_last: true,
-            seed,
-        };
-        let all = loader.batches(n) * epochs;
-        TrainSettings {
-            epochs,
-            max_steps,
-            loader,
-            schedule: Schedule {
-                total_steps: max_steps.map_or(all, |m| m.min(all)),
-                ..Schedule::constant(adamw.lr)
-            },
-            adamw,
-            grad_clip,
-            clip_after_warmup: false,
-            grad_accum: 1,
-            no_decay_bias_norm: false,
-        }
+    /// The steps over `n` examples from batch `start.1` of epoch `start.0` to the end of the
+    /// epochs: each step's `grad_accum` batches (fewer at an epoch's end), in the loader's order.
+    pub fn groups(&self, n: usize, start: (usize, usize)) -> impl Iterator<Item = Group> + '_ {
+        let accum = self.grad_accum.max(1);
+        (start.0..self.epochs).flat_map(move |epoch| {
+            let batches = self.loader.epoch(n, epoch);
+            let skip = if epoch == start.0 { start.1 } else { 0 };
+            let len = batches.len();
+            let mut at = skip.min(len);
+            let mut groups = Vec::new();
+            while at < len {
+                let end = (at + accum).min(len);
+                groups.push(Group {
+                    epoch,
+                    batches: batches[at..end].to_vec(),
+                    next: (epoch, end),
+                    epoch_end: end == len,
+                });
+                at = end;
+            }
+            groups
+        })
     }
 }
 
@@ -77,6 +79,13 @@ pub struct StepRecord {
     /// Before clipping.
     pub grad_norm: f32,
     pub tokens_seen: u64,
+}
+
+impl StepRecord {
+    /// Whether the loss and the gradient norm are finite (else the step was not applied).
+    pub fn is_finite(&self) -> bool {
+        self.train_loss.is_finite() && self.grad_norm.is_finite()
+    }
 }
 
 /// A model being trained, with its optimizer.
@@ -96,9 +105,6 @@ fn decays(name: &str) -> bool {
 
 /// The loss of micro-batch `k` of a step under the model, and the tokens it covers.
 pub type MicroLoss<'a> = dyn FnMut(&Gpt, usize, &DropoutRng) -> Result<(Tensor, u64)> + 'a;
-
-/// The loss of the examples with the given indices under the model, and the tokens they hold.
-pub type BatchLoss<'a> = dyn FnMut(&Gpt, &[usize], &DropoutRng) -> Result<(Tensor, u64)> + 'a;
 
 /// The mean cross-entropy of next-token predictions `y` for inputs `x`.
 pub fn lm_loss(model: &Gpt, x: &Tensor, y: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
@@ -179,7 +185,8 @@ impl Trainer {
     }
 
     /// One optimizer step over `n_micro` micro-batches, whose losses `micro_loss` computes; the
-    /// losses are averaged.
+    /// losses are averaged. A step whose loss or gradient norm is not finite is not applied: the
+    /// weights and the optimizer stay as they were, and the record says so ([`StepRecord::is_finite`]).
     pub fn step_with(
         &mut self,
         n_micro: usize,
@@ -212,16 +219,7 @@ impl Trainer {
         }
         let s = &self.settings;
         let grad_norm = global_norm(&grads)?;
-        let grad_scale = match s.grad_clip {
-            Some(max) if !s.clip_after_warmup || self.step >= s.schedule.warmup_steps => {
-                clip_coef(grad_norm, max)
-            }
-            _ => 1.0,
-        };
         let lr = s.schedule.lr(self.step);
-        self.opt.cfg.lr = lr;
-        self.opt.update(&grads, grad_scale)?;
-        drop(grads);
         let record = StepRecord {
             step: self.step,
             epoch,
@@ -230,6 +228,18 @@ impl Trainer {
             grad_norm,
             tokens_seen: self.tokens_seen,
         };
+        if !record.is_finite() {
+            return Ok(record);
+        }
+        let grad_scale = match s.grad_clip {
+            Some(max) if !s.clip_after_warmup || self.step >= s.schedule.warmup_steps => {
+                clip_coef(grad_norm, max)
+            }
+            _ => 1.0,
+        };
+        self.opt.cfg.lr = lr;
+        self.opt.update(&grads, grad_scale)?;
+        drop(grads);
         self.step += 1;
         Ok(record)
     }
@@ -241,78 +251,41 @@ impl Trainer {
         loader: &Loader,
         max_batches: Option<usize>,
     ) -> Result<f32> {
-        let batches = loader.epoch(w.len(), 0);
-        let n = max_batches.map_or(batches.len(), |m| m.min(batches.len()));
-        if n == 0 {
-            return Ok(f32::NAN);
-        }
-        let mut total = 0.0f64;
-        for idx in &batches[..n] {
-            let (x, y) = batch_tensors(w, idx, self.model.device())?;
-            total += self.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
-        }
-        Ok((total / n as f64) as f32)
+        let mut batches = loader.epoch(w.len(), 0);
+        batches.truncate(max_batches.unwrap_or(usize::MAX));
+        crate::pretrain::windows_loss(&self.model, w, &batches)
     }
 
-    /// Trains from batch `start.1` of epoch `start.0` to the end of the configured epochs (or
-    /// `max_steps`), calling `on_step` after each step; `on_step` returns `false` to stop early.
-    /// Returns the position to resume from: (epoch, batch within the epoch).
-    pub fn run_from(
-        &mut self,
-        train: &Windows,
-        start: (usize, usize),
-        on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<bool>,
-    ) -> Result<(usize, usize)> {
-        let device = self.model.device().clone();
-        self.run_examples(
-            train.len(),
-            start,
-            &mut |m, idx, rng| {
-                let (x, y) = batch_tensors(train, idx, &device)?;
-                Ok((lm_loss(m, &x, &y, Some(rng))?, x.elem_count() as u64))
-            },
-            on_step,
-        )
-    }
-
-    /// [`Trainer::run_from`] over `n` examples of any kind: `batch_loss` gives the loss of the
-    /// examples with the given indices, and the tokens they hold.
-    pub fn run_examples(
-        &mut self,
-        n: usize,
-        start: (usize, usize),
-        batch_loss: &mut BatchLoss,
-        on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<bool>,
-    ) -> Result<(usize, usize)> {
-        let accum = self.settings.grad_accum.max(1);
-        for epoch in start.0..self.settings.epochs {
-            let batches = self.settings.loader.epoch(n, epoch);
-            let skip = if epoch == start.0 { start.1 } else { 0 };
-            let mut at = skip;
-            for group in batches[skip.min(batches.len())..].chunks(accum) {
-                if self.settings.max_steps.is_some_and(|m| self.step >= m) {
-                    return Ok((epoch, at));
-                }
-                let record = self.step_with(group.len(), epoch, &mut |m, k, rng| {
-                    batch_loss(m, &group[k], rng)
-                })?;
-                at += group.len();
-                if !on_step(self, &record)? {
-                    return Ok((epoch, at));
-                }
-            }
-        }
-        Ok((self.settings.epochs, 0))
-    }
-
-    /// Trains for the configured epochs (or steps) from the start.
+    /// Trains on language-model windows for the configured epochs (or steps) from the start,
+    /// calling `on_step` after each step; without evaluation, checkpoints or outputs (those are
+    /// [`crate::run::train`]'s).
     pub fn run(
         &mut self,
         train: &Windows,
         on_step: &mut dyn FnMut(&Trainer, &StepRecord) -> Result<()>,
     ) -> Result<()> {
-        self.run_from(train, (0, 0), &mut |t, r| on_step(t, r).map(|_| true))?;
+        let device = self.model.device().clone();
+        let groups: Vec<Group> = self.settings.groups(train.len(), (0, 0)).collect();
+        for group in groups {
+            if self.settings.max_steps.is_some_and(|m| self.step >= m) {
+                break;
+            }
+            let record = self.step_with(group.batches.len(), group.epoch, &mut |m, k, rng| {
+                let (x, y) = batch_tensors(train, &group.batches[k], &device)?;
+                Ok((lm_loss(m, &x, &y, Some(rng))?, x.elem_count() as u64))
+            })?;
+            on_step(self, &record)?;
+        }
         Ok(())
+    }
+
+    /// The global L2 norm of the trained weights (not finite when any weight is not).
+    pub fn weight_norm(&self) -> Result<f64> {
+        let mut sum = 0.0;
+        for p in &self.opt.params {
+            sum += scratchllm_model::kernels::sum_of_squares(p.var.as_tensor())?;
+        }
+        Ok(sum.sqrt())
     }
 
     /// The current weights by name, frozen ones included.

@@ -469,7 +469,7 @@ fn toy_data(dir: &Path) -> PathBuf {
 
 fn toy_config(data: &Path) -> ClassifyConfig {
     let mut cfg = ClassifyConfig::book("unused", data);
-    cfg.model_config = Some(GptConfig {
+    cfg.tune.model_config = Some(GptConfig {
         vocab_size: 50257,
         context_length: 32,
         emb_dim: 32,
@@ -480,12 +480,12 @@ fn toy_config(data: &Path) -> ClassifyConfig {
         tie_embeddings: false,
         num_classes: None,
     });
-    cfg.trainable = Trainable::All;
-    cfg.lr = 2e-3;
-    cfg.epochs = 4;
+    cfg.tune.trainable = Trainable::All;
+    cfg.optim.lr = 2e-3;
+    cfg.optim.epochs = 4;
     cfg.balance = false;
     cfg.token_position = TokenPosition::LastNonPad;
-    cfg.checkpoint_every = 5;
+    cfg.run.checkpoint_every = 5;
     cfg
 }
 
@@ -571,14 +571,14 @@ fn a_lora_run_writes_an_adapter_that_loads_merged() {
     let dir = tempfile::tempdir().unwrap();
     let data = toy_data(dir.path());
     let mut cfg = toy_config(&data);
-    cfg.trainable = Trainable::Lora;
-    cfg.lora = Some(LoraSpec {
+    cfg.tune.trainable = Trainable::Lora;
+    cfg.tune.lora = Some(LoraSpec {
         rank: 4,
         alpha: 8.0,
         targets: Target::ALL.to_vec(),
     });
-    cfg.epochs = 1;
-    cfg.merge = true;
+    cfg.optim.epochs = 1;
+    cfg.tune.merge = true;
     let run = dir.path().join("lora");
     let mut log = Log::default();
     let (_, results) = finetune_classify(&run, Some(cfg), &mut log).unwrap();

@@ -143,11 +143,11 @@ fn a_tiny_policy_learns_to_prefer_the_chosen_answers() {
     let data = dir.path().join("prefs.json");
     std::fs::write(&data, serde_json::to_string(&entries).unwrap()).unwrap();
     let mut dc = DpoConfig::book(base.to_str().unwrap(), &data);
-    dc.batch_size = 4;
-    dc.lr = 1e-3;
-    dc.epochs = 2;
-    dc.eval_every = 2;
-    dc.eval_batches = None;
+    dc.optim.batch_size = 4;
+    dc.optim.lr = 1e-3;
+    dc.optim.epochs = 2;
+    dc.run.eval_every = 2;
+    dc.run.eval_batches = None;
     let mut log = Log::default();
     let run = dir.path().join("run");
     let (ending, results) = finetune_dpo(&run, Some(dc), &mut log).unwrap();

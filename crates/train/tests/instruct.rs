@@ -138,7 +138,7 @@ fn a_tiny_model_learns_instructions_and_writes_responses() {
     entries[35]["input"] = serde_json::json!("word ".repeat(80));
     std::fs::write(&data, serde_json::to_string(&entries).unwrap()).unwrap();
     let mut cfg = InstructConfig::book("unused", &data);
-    cfg.model_config = Some(GptConfig {
+    cfg.tune.model_config = Some(GptConfig {
         vocab_size: 50257,
         context_length: 64,
         emb_dim: 32,
@@ -149,10 +149,10 @@ fn a_tiny_model_learns_instructions_and_writes_responses() {
         tie_embeddings: false,
         num_classes: None,
     });
-    cfg.lr = 5e-3;
-    cfg.epochs = 8;
-    cfg.eval_every = 8;
-    cfg.eval_batches = None;
+    cfg.optim.lr = 5e-3;
+    cfg.optim.epochs = 8;
+    cfg.run.eval_every = 8;
+    cfg.run.eval_batches = None;
     cfg.response_tokens = 4;
     let run = dir.path().join("run");
     let mut log = Log::default();

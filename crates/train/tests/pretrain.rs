@@ -1,7 +1,9 @@
 //! A whole pretraining run on a small model: resuming after a stop reproduces the uninterrupted
 //! run's losses exactly; bad settings get errors with the numbers.
 use scratchllm_model::GptConfig;
-use scratchllm_train::{pretrain, Ending, EvalRecord, Observer, PretrainConfig, StepRecord};
+use scratchllm_train::{
+    pretrain, Ending, EvalRecord, Observer, OptimConfig, PretrainConfig, RunConfig, StepRecord,
+};
 use std::path::{Path, PathBuf};
 
 /// Collects what a run reports; asks to stop after `stop_after` steps.
@@ -57,28 +59,32 @@ fn config(data: PathBuf) -> PretrainConfig {
         init: None,
         data: vec![data],
         stride: 8,
-        batch_size: 2,
-        epochs: 3,
-        max_steps: Some(14),
-        lr: 1e-3,
-        weight_decay: 0.1,
-        no_decay_bias_norm: false,
-        warmup_steps: 3,
-        warmup_start_lr: 1e-5,
-        min_lr: Some(1e-5),
-        grad_clip: Some(1.0),
-        clip_after_warmup: true,
-        grad_accum: 1,
         train_fraction: 0.8,
-        eval_every: 4,
-        eval_batches: Some(2),
+        shuffle: true,
         sample_prompt: Some("Every effort".into()),
         sample_tokens: 5,
-        seed: 7,
-        shuffle: true,
-        checkpoint_every: 5,
-        keep_checkpoints: 2,
-        bf16: false,
+        optim: OptimConfig {
+            epochs: 3,
+            max_steps: Some(14),
+            batch_size: 2,
+            grad_accum: 1,
+            lr: 1e-3,
+            weight_decay: 0.1,
+            no_decay_bias_norm: false,
+            warmup_steps: 3,
+            warmup_start_lr: 1e-5,
+            min_lr: Some(1e-5),
+            grad_clip: Some(1.0),
+            clip_after_warmup: true,
+            seed: 7,
+        },
+        run: RunConfig {
+            eval_every: 4,
+            eval_batches: Some(2),
+            checkpoint_every: 5,
+            keep_checkpoints: 2,
+            bf16: false,
+        },
     }
 }
 
@@ -196,10 +202,8 @@ fn a_non_finite_loss_stops_the_run_with_a_clear_message() {
 fn bf16_autocast_runs_learn_like_fp32_and_resume_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let fp32 = config(corpus(dir.path()));
-    let bf16 = PretrainConfig {
-        bf16: true,
-        ..fp32.clone()
-    };
+    let mut bf16 = fp32.clone();
+    bf16.run.bf16 = true;
     let (a, b) = (dir.path().join("fp32"), dir.path().join("bf16"));
     let (mut la, mut lb) = (Log::default(), Log::default());
     pretrain(&a, Some(fp32), &mut la).unwrap();
