@@ -13,8 +13,11 @@ fn scratchllm() -> Command {
 /// `pretrain` of a tiny GPT on `text` into `out`, with `extra` flags.
 fn pretrain(text: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = scratchllm();
-    c.args(["pretrain", "--model", "gpt2-tiny", "--context-length", "32"])
-        .args(["--batch-size", "2", "--sample-prompt", "", "--data"])
+    c.args(["pretrain", "--model", "gpt2-tiny", "--context-length", "32"]);
+    if !extra.contains(&"--batch-size") {
+        c.args(["--batch-size", "2"]);
+    }
+    c.args(["--sample-prompt", "", "--data"])
         .arg(text)
         .arg("--out")
         .arg(out)
@@ -50,6 +53,7 @@ fn settings_that_cannot_train_are_refused_before_any_work() {
         (&["--weight-decay", "nan"], "--weight-decay NaN must be"),
         (&["--stride", "0"], "--stride must be at least 1"),
         (&["--batch-size", "100000"], "make no full batch of 100000"),
+        (&["--stride", "100000"], "make no full batch of 2"),
     ];
     for (i, (flags, want)) in cases.iter().enumerate() {
         let run = tmp.path().join(format!("r{i}"));
