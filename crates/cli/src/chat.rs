@@ -1,13 +1,14 @@
 //! `chat`: a terminal conversation with a model. Turns are formatted in the model's prompt style,
 //! answers stream as they are generated, the oldest turns are dropped when the conversation
 //! outgrows the context, and slash commands change the settings.
+use crate::out::{self, outln};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use scratchllm_model::prompt::{Message, Role};
 use scratchllm_model::stop::StopFilter;
 use scratchllm_model::{GenerateOptions, Generation, PromptStyle};
 use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -138,7 +139,6 @@ pub fn run(a: ChatArgs) -> Result<()> {
     );
     let mut history: Vec<Message> = Vec::new();
     let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
     let mut turn = 0u64;
     loop {
         eprint!("> ");
@@ -216,8 +216,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 break;
             }
             let (text, hit) = filter.push(&decoder.push(id)?);
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
+            out::text(&text)?;
             answer += &text;
             if hit {
                 stopped = true;
@@ -228,10 +227,10 @@ pub fn run(a: ChatArgs) -> Result<()> {
         if !stopped {
             let (text, _) = filter.push(&decoder.finish());
             let rest = text + &filter.finish();
-            out.write_all(rest.as_bytes())?;
+            out::text(&rest)?;
             answer += &rest;
         }
-        writeln!(out)?;
+        outln!()?;
         history.push(Message {
             role: Role::Assistant,
             content: answer.trim().to_string(),

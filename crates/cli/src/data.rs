@@ -1,4 +1,5 @@
 //! `data list` and `data get`.
+use crate::out::outln;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,7 +60,7 @@ pub fn run(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::List => {
             for a in fetch::ASSETS {
-                println!("{:<24} {}", a.name, a.about);
+                outln!("{:<24} {}", a.name, a.about)?;
             }
             Ok(())
         }
@@ -145,7 +146,7 @@ fn get(a: GetArgs) -> Result<()> {
     };
     for asset in assets {
         let dir = fetch::get(asset, &opts, &mut bars)?;
-        println!("{}", dir.display());
+        outln!("{}", dir.display())?;
     }
     Ok(())
 }
@@ -176,6 +177,6 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         files.len(),
         a.out.display()
     );
-    println!("{}", a.out.display());
+    outln!("{}", a.out.display())?;
     Ok(())
 }
