@@ -107,8 +107,32 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The longest queue [`ServeOptions::max_queue`] may ask for: the queue is a channel whose capacity
+/// is fixed when it is made, and tokio refuses (with a panic) more than about 2^61 slots.
+pub const MAX_QUEUE: usize = 1 << 20;
+
+impl ServeOptions {
+    /// Refuses settings the server cannot run with, before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_QUEUE).contains(&self.max_queue) {
+            return Err(format!(
+                "the queue length {} must be in 1..={MAX_QUEUE}",
+                self.max_queue
+            ));
+        }
+        if self.max_active == 0 || self.max_tokens_limit == 0 || self.default_max_tokens == 0 {
+            return Err(format!(
+                "max_active ({}), max_tokens_limit ({}) and default_max_tokens ({}) must be at least 1",
+                self.max_active, self.max_tokens_limit, self.default_max_tokens
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Binds, loads the model behind the socket, and serves until Ctrl-C.
 pub fn run(opts: ServeOptions) -> Result<(), String> {
+    opts.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
