@@ -28,7 +28,7 @@ pub struct EvaluateArgs {
     /// The field holding the response to score.
     #[arg(long, default_value = "model_response")]
     field: String,
-    /// Seconds to wait for each answer.
+    /// Seconds to wait for each answer (at most a day).
     #[arg(long, default_value_t = 120)]
     timeout: u64,
     /// Attempts after the first on connection errors, 429 and 5xx.
@@ -101,10 +101,14 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         Some(var) => Some(std::env::var(var).with_context(|| format!("${var} is not set"))?),
         None => None,
     };
+    // Bounded: the client adds the timeout to the clock, which overflows (a panic) near u64::MAX.
+    if !(1..=86_400).contains(&a.timeout) {
+        bail!("--timeout {} must be in 1..=86400 seconds", a.timeout);
+    }
     let judge = Judge {
         url,
         model,
-        timeout: Duration::from_secs(a.timeout.max(1)),
+        timeout: Duration::from_secs(a.timeout),
         retries: a.retries,
         api_key,
     };

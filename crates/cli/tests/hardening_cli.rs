@@ -419,3 +419,76 @@ fn a_model_weights_file_that_is_not_a_model_names_its_tensors() {
         &["none of the known names", "encoder.layer.0.weight"],
     );
 }
+
+#[test]
+fn serve_refuses_a_queue_it_cannot_make() {
+    // 2^64-1 panicked in tokio's channel (in the model thread, so the server said "loading"
+    // forever); 0 was silently taken as 1.
+    let root = tempfile::tempdir().unwrap();
+    let lm = model_dir(root.path(), "lm", 1.0, None);
+    for q in ["18446744073709551615", "0"] {
+        let child = bin()
+            .args(["serve", "--port", "0", "--model", s(&lm), "--max-queue", q])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        fails_saying(
+            &wait_at_most(child, Duration::from_secs(60)),
+            &[&format!("the queue length {q} must be in 1..=1048576")],
+        );
+    }
+}
+
+#[test]
+fn tokenizer_train_with_an_astronomical_vocab_size_stops_when_the_corpus_does() {
+    // `Vec::with_capacity(vocab_size - 257)`: a capacity-overflow panic before.
+    let root = tempfile::tempdir().unwrap();
+    let text = root.path().join("t.txt");
+    std::fs::write(&text, "hello world hello there").unwrap();
+    let out = root.path().join("tok");
+    let o = run(&[
+        "tokenizer",
+        "train",
+        "--input",
+        s(&text),
+        "--vocab-size",
+        "18446744073709551615",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("the corpus ran out of pairs"), "{err}");
+}
+
+#[test]
+fn evaluate_refuses_a_judge_timeout_the_clock_cannot_hold() {
+    // Instant + Duration::from_secs(2^64 - 1) panicked ("overflow when adding duration to instant").
+    let root = tempfile::tempdir().unwrap();
+    let responses = root.path().join("r.json");
+    std::fs::write(
+        &responses,
+        r#"[{"instruction": "a", "input": "", "output": "b", "model_response": "c"}]"#,
+    )
+    .unwrap();
+    for t in ["18446744073709551615", "0"] {
+        fails_saying(
+            &run(&[
+                "evaluate",
+                "--responses",
+                s(&responses),
+                "--judge-url",
+                "http://127.0.0.1:9/v1",
+                "--judge-model",
+                "j",
+                "--retries",
+                "0",
+                "--timeout",
+                t,
+            ]),
+            &[&format!("--timeout {t} must be in 1..=86400 seconds")],
+        );
+    }
+}
