@@ -1,5 +1,6 @@
 //! `bench`: speed measurements whose last line is `RESULT <metric> <value>`.
-use anyhow::Result;
+use crate::out::outln;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use scratchllm_tokenizer::{self as tk, io::read_text};
 use std::path::PathBuf;
@@ -96,14 +97,14 @@ fn tokenizer(b: TokenizerBench) -> Result<()> {
             counts.add_file(&b.file, &mut |_| {})?;
             Ok(tk::train(&counts, &opts, &mut |_, _| {})?)
         })?;
-        println!("trained vocab {} in {secs:.3}s", tok.vocab_size());
-        println!("RESULT MB_per_s {:.3}", mb / secs);
+        outln!("trained vocab {} in {secs:.3}s", tok.vocab_size())?;
+        outln!("RESULT MB_per_s {:.3}", mb / secs)?;
         return Ok(());
     }
     let tok = tk::load(&b.tokenizer)?;
     let (ids, secs) = best_of(b.repeat, || Ok(tok.encode_ordinary(&text)))?;
-    println!("tokens {} bytes {}", ids.len(), text.len());
-    println!("RESULT MB_per_s {:.2}", mb / secs);
+    outln!("tokens {} bytes {}", ids.len(), text.len())?;
+    outln!("RESULT MB_per_s {:.2}", mb / secs)?;
     Ok(())
 }
 
@@ -112,6 +113,13 @@ fn generate(b: GenerateBench) -> Result<()> {
     let mut files = crate::model::load_model(&b.model, 0)?;
     let model = crate::model::build_model(&mut files, b.dtype)?;
     let vocab = files.config.vocab_size as u64;
+    let ctx = files.config.context_length;
+    if b.prompt_tokens == 0 || b.prompt_tokens > ctx {
+        bail!(
+            "--prompt-tokens {} must be in 1..={ctx} (the model's context)",
+            b.prompt_tokens
+        );
+    }
     // A fixed pseudo-random prompt, as the peer's `torch.randint`.
     let prompt: Vec<u32> = (0..b.prompt_tokens as u64)
         .map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32)
@@ -133,8 +141,8 @@ fn generate(b: GenerateBench) -> Result<()> {
             &mut |_| Ok(true),
         )?)
     })?;
-    println!("generated {} tokens in {secs:.3}s", ids.len());
-    println!("RESULT tokens_per_s {:.1}", ids.len() as f64 / secs);
+    outln!("generated {} tokens in {secs:.3}s", ids.len())?;
+    outln!("RESULT tokens_per_s {:.1}", ids.len() as f64 / secs)?;
     Ok(())
 }
 
@@ -147,9 +155,23 @@ fn train(b: TrainBench) -> Result<()> {
         tie_embeddings: false,
         ..preset
     };
+    // Checked before the token buffer below is sized by these numbers.
+    cfg.validate()?;
+    let n = b
+        .batch
+        .checked_mul(b.ctx)
+        .filter(|&n| b.batch > 0 && n <= 1 << 24)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--batch {} x --ctx {} tokens per step must be in 1..={}",
+                b.batch,
+                b.ctx,
+                1 << 24
+            )
+        })?
+        + 1;
     let weights = scratchllm_model::Weights::random(&cfg, 123, &candle_core::Device::Cpu)?;
     // Random tokens, one batch of windows reused every step (as the peer's fixed batch).
-    let n = b.batch * b.ctx + 1;
     let ids: Vec<u32> = (0..n as u64)
         .map(|i| ((i * 2_654_435_761 + 7) % cfg.vocab_size as u64) as u32)
         .collect();
@@ -183,14 +205,14 @@ fn train(b: TrainBench) -> Result<()> {
         let t = Instant::now();
         let r = trainer.train_step(std::slice::from_ref(&batch), 0)?;
         times.push(t.elapsed().as_secs_f64());
-        println!("step {s} loss {:.4} {:.3}s", r.train_loss, times[s]);
+        outln!("step {s} loss {:.4} {:.3}s", r.train_loss, times[s])?;
     }
     let mut rest = times[1..].to_vec();
     rest.sort_by(f64::total_cmp);
     let median = rest[rest.len() / 2];
-    println!(
+    outln!(
         "RESULT tokens_per_s {:.1}",
         (idx.len() * b.ctx) as f64 / median
-    );
+    )?;
     Ok(())
 }

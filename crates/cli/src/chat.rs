@@ -1,13 +1,14 @@
 //! `chat`: a terminal conversation with a model. Turns are formatted in the model's prompt style,
 //! answers stream as they are generated, the oldest turns are dropped when the conversation
 //! outgrows the context, and slash commands change the settings.
+use crate::out::{self, outln};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use scratchllm_model::decode::{Decoding, Piece};
 use scratchllm_model::prompt::{Message, Role};
 use scratchllm_model::{GenerateOptions, PromptStyle};
 use scratchllm_tokenizer::{SpecialMode, ENDOFTEXT};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -136,7 +137,6 @@ pub fn run(a: ChatArgs) -> Result<()> {
     );
     let mut history: Vec<Message> = Vec::new();
     let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
     let mut turn = 0u64;
     loop {
         eprint!("> ");
@@ -212,15 +212,14 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 Piece::Text(t) => (t, false),
                 Piece::Done(t, _) => (t, true),
             };
-            out.write_all(text.as_bytes())?;
-            out.flush()?;
+            out::text(&text)?;
             answer += &text;
             if done || interrupted.swap(false, Ordering::SeqCst) {
                 break;
             }
         }
         generating.store(false, Ordering::SeqCst);
-        writeln!(out)?;
+        outln!()?;
         history.push(Message {
             role: Role::Assistant,
             content: answer.trim().to_string(),

@@ -1,5 +1,6 @@
 //! `data list` and `data get`.
-use anyhow::Result;
+use crate::out::outln;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use scratchllm_fetch::{self as fetch, Outcome};
@@ -44,6 +45,12 @@ pub struct GetArgs {
     /// Fetch every file from MIRROR/ASSET/FILE instead of its canonical URL [env: SCRATCHLLM_MIRROR].
     #[arg(long)]
     mirror: Option<String>,
+    /// Seconds to wait to connect, and for the server's next bytes, before an attempt fails.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// Attempts after the first when the network fails (each resumes what was received).
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -53,7 +60,7 @@ pub fn run(c: DataCommand) -> Result<()> {
     match c {
         DataCommand::List => {
             for a in fetch::ASSETS {
-                println!("{:<24} {}", a.name, a.about);
+                outln!("{:<24} {}", a.name, a.about)?;
             }
             Ok(())
         }
@@ -87,6 +94,11 @@ impl fetch::Progress for Bars {
         self.bar.inc(bytes);
     }
 
+    fn retry(&mut self, name: &str, problem: &str, wait: std::time::Duration) {
+        self.bar.finish_and_clear();
+        eprintln!("{name}: {problem}; retrying in {:.1}s", wait.as_secs_f64());
+    }
+
     fn finish(&mut self, name: &str, outcome: &Outcome) {
         self.bar.finish_and_clear();
         if !self.quiet {
@@ -106,9 +118,22 @@ impl fetch::Progress for Bars {
 }
 
 fn get(a: GetArgs) -> Result<()> {
+    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 86_400.0) {
+        bail!(
+            "--timeout {} must be a number of seconds in (0, 86400]",
+            a.timeout
+        );
+    }
+    let timeout = std::time::Duration::from_secs_f64(a.timeout);
     let opts = fetch::Options {
         cache_dir: a.cache_dir.unwrap_or_else(fetch::default_cache_dir),
         mirror: a.mirror.or_else(|| std::env::var("SCRATCHLLM_MIRROR").ok()),
+        network: fetch::Network {
+            connect_timeout: timeout,
+            read_timeout: timeout,
+            retries: a.retries,
+            ..fetch::Network::default()
+        },
     };
     let assets = a
         .names
@@ -121,7 +146,7 @@ fn get(a: GetArgs) -> Result<()> {
     };
     for asset in assets {
         let dir = fetch::get(asset, &opts, &mut bars)?;
-        println!("{}", dir.display());
+        outln!("{}", dir.display())?;
     }
     Ok(())
 }
@@ -152,6 +177,6 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         files.len(),
         a.out.display()
     );
-    println!("{}", a.out.display());
+    outln!("{}", a.out.display())?;
     Ok(())
 }

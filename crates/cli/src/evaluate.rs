@@ -1,5 +1,6 @@
 //! `evaluate`: scores a file of model responses with a judge model (the book's chapter 7), and/or
 //! measures a model's loss and perplexity on the reference responses (no judge needed).
+use crate::out::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use scratchllm_fetch::judge::{Item, Judge};
@@ -27,7 +28,7 @@ pub struct EvaluateArgs {
     /// The field holding the response to score.
     #[arg(long, default_value = "model_response")]
     field: String,
-    /// Seconds to wait for each answer.
+    /// Seconds to wait for each answer (at most a day).
     #[arg(long, default_value_t = 120)]
     timeout: u64,
     /// Attempts after the first on connection errors, 429 and 5xx.
@@ -56,12 +57,21 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             .unwrap_or(PromptStyle::Alpaca);
         let gpt = Gpt::new(&files.config, &files.weights)?;
         let loss = response_loss(&gpt, &files.tokenizer, style, &entries, 8)?;
-        println!(
+        // A diverged model's logits are NaN, and so is its loss: that is a broken model, not a
+        // score (perplexity NaN would read like a result).
+        if !loss.is_finite() {
+            bail!(
+                "the weights of {} produce a {loss} loss on the reference responses; the model is \
+                 broken (did its training diverge? retrain it, or use an earlier checkpoint)",
+                gpt.source()
+            );
+        }
+        outln!(
             "reference responses: loss {loss:.4}, perplexity {:.2} ({} entries, {} prompts)",
             (loss as f64).exp(),
             entries.len(),
             style.name()
-        );
+        )?;
     }
     let (Some(url), Some(model)) = (a.judge_url, a.judge_model) else {
         return Ok(());
@@ -89,10 +99,14 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         Some(var) => Some(std::env::var(var).with_context(|| format!("${var} is not set"))?),
         None => None,
     };
+    // Bounded: the client adds the timeout to the clock, which overflows (a panic) near u64::MAX.
+    if !(1..=86_400).contains(&a.timeout) {
+        bail!("--timeout {} must be in 1..=86400 seconds", a.timeout);
+    }
     let judge = Judge {
         url,
         model,
-        timeout: Duration::from_secs(a.timeout.max(1)),
+        timeout: Duration::from_secs(a.timeout),
         retries: a.retries,
         api_key,
     };
@@ -113,13 +127,13 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
     match report.average {
-        Some(avg) => println!(
+        Some(avg) => outln!(
             "average score {avg:.2} over {} responses ({} without a score); details in {}",
             report.scored,
             report.failed,
             out.display()
-        ),
-        None => println!("no response got a score; details in {}", out.display()),
+        )?,
+        None => outln!("no response got a score; details in {}", out.display())?,
     }
     Ok(())
 }

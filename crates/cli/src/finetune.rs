@@ -393,8 +393,6 @@ pub fn predict_run(a: PredictArgs) -> Result<()> {
     };
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let preds = predict(&gpt, &spec, &files.tokenizer, &refs, a.batch_size)?;
-    let mut out = std::io::stdout().lock();
-    use std::io::Write;
     for (text, p) in texts.iter().zip(preds) {
         if a.json {
             let probs: serde_json::Map<String, serde_json::Value> = spec
@@ -403,14 +401,12 @@ pub fn predict_run(a: PredictArgs) -> Result<()> {
                 .zip(&p.probs)
                 .map(|(l, &v)| (l.clone(), serde_json::json!(v)))
                 .collect();
-            writeln!(
-                out,
+            crate::out::outln!(
                 "{}",
                 serde_json::json!({"text": text, "label": p.label, "probability": p.probs[p.class], "probabilities": probs, "truncated": p.truncated})
             )?;
         } else {
-            writeln!(
-                out,
+            crate::out::outln!(
                 "{}\t{:.4}\t{}{}",
                 p.label,
                 p.probs[p.class],

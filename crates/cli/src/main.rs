@@ -10,6 +10,7 @@ mod data;
 mod evaluate;
 mod finetune;
 mod model;
+mod out;
 mod pretrain;
 mod serve;
 mod terminal;
@@ -76,6 +77,12 @@ enum Command {
 fn main() -> ExitCode {
     scratchllm_model::kernels::keep_freed_memory();
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        let cpus = scratchllm_model::kernels::logical_cpus();
+        if n > cpus {
+            eprintln!("warning: --threads {n} is more than the {cpus} logical CPUs this process may use; using {cpus}");
+        }
+    }
     scratchllm_model::kernels::set_threads(cli.threads);
     let result = match cli.command {
         Command::Tokenize(a) => tokenize::tokenize(a),
@@ -92,7 +99,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
-    };
+    }
+    .and_then(|()| Ok(out::flush()?));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -101,9 +109,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(130);
             }
             // A closed pipe (`scratchllm tokenize big.txt | head`) is not an error worth reporting.
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            {
+            if out::is_closed_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {e}");

@@ -1,10 +1,10 @@
 //! `model info`, `generate` and `convert`.
+use crate::out::{self, outln};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use scratchllm_model::{generate::GenerateOptions, modeldir, Gpt, GptConfig, ModelFiles, Weights};
 use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
-use std::io::Write;
 use std::path::PathBuf;
 
 /// Loads a model directory/file of any layout, or a preset with random weights.
@@ -106,8 +106,8 @@ fn info(a: InfoArgs) -> Result<()> {
     };
     let n = cfg.param_count();
     let head = cfg.vocab_size * cfg.emb_dim;
-    println!("model:           {} ({layout})", a.model);
-    println!(
+    outln!("model:           {} ({layout})", a.model)?;
+    outln!(
         "layers {} | heads {} | emb_dim {} | context {} | vocab {} | qkv_bias {} | dropout {}",
         cfg.n_layers,
         cfg.n_heads,
@@ -116,13 +116,13 @@ fn info(a: InfoArgs) -> Result<()> {
         cfg.vocab_size,
         cfg.qkv_bias,
         cfg.drop_rate
-    );
+    )?;
     if cfg.tie_embeddings {
-        println!("parameters:      {n} (output head tied to the token embedding)");
-        println!("with a separate head: {}", n + head);
+        outln!("parameters:      {n} (output head tied to the token embedding)")?;
+        outln!("with a separate head: {}", n + head)?;
     } else {
-        println!("parameters:      {n} (separate output head)");
-        println!("without the head (weight tying): {}", n - head);
+        outln!("parameters:      {n} (separate output head)")?;
+        outln!("without the head (weight tying): {}", n - head)?;
     }
     if layout == "preset" {
         // The book's GPT_CONFIG (chapter 4) has no query/key/value biases.
@@ -132,13 +132,13 @@ fn info(a: InfoArgs) -> Result<()> {
             ..cfg.clone()
         };
         let total = book.param_count();
-        println!(
+        outln!(
             "as the book configures it (qkv_bias false): {total} total, {} without the output head",
             total - head
-        );
+        )?;
     }
-    println!("memory fp32:     {}", gib(n * 4));
-    println!("memory bf16:     {}", gib(n * 2));
+    outln!("memory fp32:     {}", gib(n * 4))?;
+    outln!("memory bf16:     {}", gib(n * 2))?;
     Ok(())
 }
 
@@ -220,23 +220,26 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         use_cache: !a.no_kv_cache,
     };
     opts.validate()?;
-    let mut out = std::io::stdout().lock();
     let mut decoder = StreamDecoder::new(tok);
+    // A failed write (a closed pipe, a full disk) stops the generation; it is returned as itself
+    // once the library's loop has ended, not disguised as a generation error.
+    let mut write_error = None;
     let ids = scratchllm_model::generate(&model, &prompt, &opts, &mut |id| {
         if a.format == GenFormat::Text {
             let text = decoder.push(id)?;
-            out.write_all(text.as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| {
-                    scratchllm_model::ModelError::Generation(format!("writing output: {e}"))
-                })?;
+            if let Err(e) = out::text(&text) {
+                write_error = Some(e);
+                return Ok(false);
+            }
         }
         Ok(true)
     })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
     match a.format {
-        GenFormat::Text => writeln!(out, "{}", decoder.finish())?,
-        GenFormat::Ids => writeln!(
-            out,
+        GenFormat::Text => outln!("{}", decoder.finish())?,
+        GenFormat::Ids => outln!(
             "{}",
             ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
         )?,

@@ -29,7 +29,7 @@ pub struct ServeArgs {
     /// max_tokens when a request gives none.
     #[arg(long, default_value_t = 256)]
     default_max_tokens: usize,
-    /// Requests that may wait for the model (more: 503).
+    /// Requests that may wait for the model (more: 503), at most 1048576.
     #[arg(long, default_value_t = 32)]
     max_queue: usize,
     /// Generations served at once, interleaved token by token.

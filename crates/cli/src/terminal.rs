@@ -173,9 +173,7 @@ pub fn report(
                 line += &format!(", {what} in {}", path.display());
             }
             eprintln!("{line}");
-            use std::io::Write;
-            writeln!(std::io::stdout().lock(), "{}", model_dir.display())
-                .context("writing to standard output")?;
+            crate::out::outln!("{}", model_dir.display())?;
             Ok(())
         }
         Ending::Stopped { checkpoint } => Err(Interrupted(format!(

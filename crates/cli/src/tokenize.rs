@@ -1,4 +1,5 @@
 //! `tokenize`, `detokenize` and `tokenizer train|info|export`.
+use crate::out::{outln, WriteError};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -131,13 +132,17 @@ fn print_ids(
                 }
                 line.push_str(&id.to_string());
             }
-            writeln!(out, "{line}")?;
+            writeln!(out, "{line}").map_err(WriteError::from)?;
         }
-        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(ids)?)?,
-        OutputFormat::Tokens => writeln!(out, "{}", serde_json::to_string(&tokens(ids))?)?,
-        OutputFormat::Count => writeln!(out, "{}", ids.len())?,
+        OutputFormat::Json => {
+            writeln!(out, "{}", serde_json::to_string(ids)?).map_err(WriteError::from)?
+        }
+        OutputFormat::Tokens => {
+            writeln!(out, "{}", serde_json::to_string(&tokens(ids))?).map_err(WriteError::from)?
+        }
+        OutputFormat::Count => writeln!(out, "{}", ids.len()).map_err(WriteError::from)?,
     }
-    out.flush()?;
+    out.flush().map_err(WriteError::from)?;
     Ok(())
 }
 
@@ -169,10 +174,7 @@ pub fn detokenize(a: DetokenizeArgs) -> Result<()> {
         .with_context(|| format!("reading ids from {}", display_input(&a.input)))?;
     // The exact bytes, not a lossy string: a token sequence may end inside a character.
     let bytes = tok.decode_bytes(&ids)?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(&bytes)?;
-    out.flush()?;
-    Ok(())
+    Ok(crate::out::bytes(&bytes)?)
 }
 
 #[derive(Subcommand)]
@@ -275,7 +277,7 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     for f in files {
-        println!("{}", f.display());
+        outln!("{}", f.display())?;
     }
     Ok(())
 }
@@ -296,12 +298,12 @@ pub struct InfoArgs {
 
 fn info(a: InfoArgs) -> Result<()> {
     let tok = a.choice.load()?;
-    println!("tokenizer:      {}", a.choice.tokenizer);
-    println!("vocabulary:     {} ids", tok.vocab_size());
-    println!("merge rule:     {:?}", tok.rule());
-    println!("mergeable pairs: {}", tok.merge_count());
+    outln!("tokenizer:      {}", a.choice.tokenizer)?;
+    outln!("vocabulary:     {} ids", tok.vocab_size())?;
+    outln!("merge rule:     {:?}", tok.rule())?;
+    outln!("mergeable pairs: {}", tok.merge_count())?;
     for (text, id) in tok.specials() {
-        println!("special:        {text:?} = {id}");
+        outln!("special:        {text:?} = {id}")?;
     }
     Ok(())
 }
@@ -321,7 +323,7 @@ fn export(a: ExportArgs) -> Result<()> {
         bail!("empty tokenizer");
     }
     for f in tk::formats::save_dir(&tok, &a.out)? {
-        println!("{}", f.display());
+        outln!("{}", f.display())?;
     }
     Ok(())
 }

@@ -243,6 +243,82 @@ fn completions_chat_and_streams_are_openais_shapes() {
     assert!(log.contains("POST /v1/completions 200"), "{log}");
 }
 
+/// gpt2-tiny's random weights in our layout with a NaN final LayerNorm scale: every logit is NaN,
+/// as in the `best/` of a diverged training run.
+fn nan_model(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = root.join("diverged");
+    let o = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
+        .args([
+            "convert",
+            "--model",
+            "gpt2-tiny",
+            "--to",
+            "scratchllm",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = dir.join("model.safetensors");
+    let dev = &candle_core::Device::Cpu;
+    let mut t = scratchllm_model::weights::read_safetensors(&st, dev).unwrap();
+    t.insert(
+        "final_norm.scale".into(),
+        candle_core::Tensor::full(f32::NAN, 64, dev).unwrap(),
+    );
+    scratchllm_model::weights::write_safetensors(&t, &st).unwrap();
+    dir
+}
+
+#[test]
+fn a_nan_model_gets_an_openai_500_and_the_server_lives_on() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start(&nan_model(root.path()), &[]);
+    // Sampled with top-k (the panic in `pick`) and greedy: a 500 naming the model.
+    for req in [
+        json!({"prompt": "Hello", "max_tokens": 4, "temperature": 1, "top_k": 5}),
+        json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0}),
+    ] {
+        let (status, r) = server.json("/v1/completions", &req);
+        assert_eq!(status, 500, "{r}");
+        assert_eq!(r["error"]["type"], "server_error");
+        assert_eq!(r["error"]["code"], "generation_failed");
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("diverged/model.safetensors") && m.contains("produce NaN logits"),
+            "{m}"
+        );
+    }
+    // A stream ends with the same error as its last event, then [DONE].
+    let (status, body) = server.request(
+        "POST",
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "Hi"}], "stream": true, "max_tokens": 4})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let events = sse_data(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("produce NaN logits"),
+        "{err}"
+    );
+    // Still serving.
+    assert_eq!(server.request("GET", "/health", b"").0, 200);
+    let (status, _) = server.json(
+        "/v1/completions",
+        &json!({"prompt": "Again", "max_tokens": 2}),
+    );
+    assert_eq!(status, 500);
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
 #[test]
 fn malformed_requests_get_openai_errors_and_no_panic() {
     let Some(model) = fixture_model() else {

@@ -9,6 +9,7 @@
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 mod catalog;
 pub mod judge;
@@ -45,6 +46,61 @@ pub struct Options {
     pub cache_dir: PathBuf,
     /// Replaces each file's URL by `MIRROR/ASSET/NAME`.
     pub mirror: Option<String>,
+    pub network: Network,
+}
+
+impl Options {
+    /// Downloads into `cache_dir` from the canonical URLs, with the default [`Network`] patience.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Options {
+            cache_dir,
+            mirror: None,
+            network: Network::default(),
+        }
+    }
+}
+
+/// How patient a download is with the network. Without limits a server that accepts the
+/// connection and never answers would hold a download forever.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    /// Longest wait to connect to the server.
+    pub connect_timeout: Duration,
+    /// Longest wait for the server's next bytes: the head of its answer, or more of the body (a
+    /// stalled transfer); a multi-gigabyte file may take as long as it needs while bytes flow.
+    pub read_timeout: Duration,
+    /// Attempts after the first, on failures that may pass: no connection, no answer in time, a
+    /// dropped transfer (the next attempt resumes it), HTTP 429 and 5xx.
+    pub retries: u32,
+    /// Wait before the first retry, doubled before each next one (at most 32 times as long).
+    pub backoff: Duration,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            retries: 3,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Network {
+    fn agent(&self) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_recv_response(Some(self.read_timeout))
+            .timeout_per_read(Some(self.read_timeout))
+            .build()
+            .into()
+    }
+
+    /// The wait before retry number `n` (0 for the first).
+    fn wait(&self, n: u32) -> Duration {
+        self.backoff.saturating_mul(1 << n.min(5))
+    }
 }
 
 /// The default cache: `$SCRATCHLLM_CACHE`, else `$XDG_CACHE_HOME/scratchllm`, else `~/.cache/scratchllm`.
@@ -73,6 +129,8 @@ pub trait Progress {
     fn start(&mut self, name: &str, total: Option<u64>, done: u64);
     fn advance(&mut self, bytes: u64);
     fn finish(&mut self, name: &str, outcome: &Outcome);
+    /// An attempt at `name` failed with `problem`; the next one starts after `wait`.
+    fn retry(&mut self, _name: &str, _problem: &str, _wait: Duration) {}
 }
 
 /// Fetches every file of `asset` into `CACHE/ASSET/`; returns that directory.
@@ -84,7 +142,7 @@ pub fn get(asset: &Asset, opts: &Options, progress: &mut dyn Progress) -> Result
             Some(m) => format!("{}/{}/{}", m.trim_end_matches('/'), asset.name, f.name),
             None => f.url.to_string(),
         };
-        let outcome = fetch_file(&url, &dir.join(f.name), f.sha256, progress)?;
+        let outcome = fetch_file(&url, &dir.join(f.name), f.sha256, &opts.network, progress)?;
         progress.finish(f.name, &outcome);
         if let Some(inner) = f.unzip {
             unzip_one(
@@ -115,11 +173,13 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Downloads `url` to `dest` unless a verified copy is there; resumes a `.part` file.
+/// Downloads `url` to `dest` unless a verified copy is there; resumes a `.part` file. Failures
+/// that may pass are retried as `net` says, each attempt resuming what the last one got.
 pub fn fetch_file(
     url: &str,
     dest: &Path,
     sha256: Option<&str>,
+    net: &Network,
     progress: &mut dyn Progress,
 ) -> Result<Outcome> {
     let stamp = dest.with_extension(format!(
@@ -134,17 +194,102 @@ pub fn fetch_file(
             return Ok(Outcome::Cached);
         }
     }
+    let agent = net.agent();
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut retry = 0;
+    loop {
+        match attempt(&agent, url, dest, sha256, progress) {
+            Ok(bytes) => {
+                scratchllm_tokenizer::io::atomic_write(&stamp, bytes.digest.as_bytes())
+                    .map_err(|e| file_err(&stamp, e))?;
+                return Ok(Outcome::Downloaded {
+                    bytes: bytes.total,
+                    resumed_from: bytes.resumed_from,
+                });
+            }
+            Err(Failure::Final(e)) => return Err(e),
+            Err(Failure::Transient(problem)) if retry < net.retries => {
+                let wait = net.wait(retry);
+                progress.retry(name, &problem, wait);
+                std::thread::sleep(wait);
+                retry += 1;
+            }
+            Err(Failure::Transient(problem)) => {
+                let tries = retry + 1;
+                return Err(FetchError::Http {
+                    url: url.to_string(),
+                    message: format!(
+                        "{problem}; gave up after {tries} attempt{}: check the network or the \
+                         mirror, then run again to resume",
+                        if tries == 1 { "" } else { "s" }
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Why an attempt failed: worth another try, or not.
+enum Failure {
+    Transient(String),
+    Final(FetchError),
+}
+
+/// A finished download.
+struct Downloaded {
+    total: u64,
+    resumed_from: u64,
+    digest: String,
+}
+
+/// What went wrong with a request, and whether it may pass.
+fn request_failure(e: ureq::Error, url: &str) -> Failure {
+    match e {
+        ureq::Error::Timeout(which) => Failure::Transient(format!(
+            "the server did not answer in time (timeout: {which})"
+        )),
+        ureq::Error::StatusCode(code) if code == 429 || code >= 500 => {
+            Failure::Transient(format!("the server answered HTTP {code}"))
+        }
+        ureq::Error::ConnectionFailed | ureq::Error::Io(_) | ureq::Error::Protocol(_) => {
+            Failure::Transient(format!("cannot reach the server: {e}"))
+        }
+        e => Failure::Final(FetchError::Http {
+            url: url.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Whether a body read failed because no bytes came within the read timeout (ureq wraps its
+/// timeout in an `io::Error`; a socket's own timeout is `TimedOut` or `WouldBlock`).
+fn stalled(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    ) || e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+        .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
+}
+
+/// One request: the body is appended to `DEST.part` (resumed with `Range` when a part is there),
+/// checked and renamed into place.
+fn attempt(
+    agent: &ureq::Agent,
+    url: &str,
+    dest: &Path,
+    sha256: Option<&str>,
+    progress: &mut dyn Progress,
+) -> Result<Downloaded, Failure> {
     let part = PathBuf::from(format!("{}.part", dest.display()));
     let have = std::fs::metadata(&part).map_or(0, |m| m.len());
-    let mut req = ureq::get(url);
+    let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
-    let http = |m: String| FetchError::Http {
-        url: url.to_string(),
-        message: m,
-    };
-    let resp = req.call().map_err(|e| http(e.to_string()))?;
+    let fatal = |e: FetchError| Failure::Final(e);
+    let resp = req.call().map_err(|e| request_failure(e, url))?;
     let status = resp.status().as_u16();
     let resumed_from = if status == 206 { have } else { 0 };
     let header = |name: &str| {
@@ -167,7 +312,7 @@ pub fn fetch_file(
         .append(resumed_from > 0)
         .truncate(resumed_from == 0)
         .open(&part)
-        .map_err(|e| file_err(&part, e))?;
+        .map_err(|e| fatal(file_err(&part, e)))?;
     progress.start(
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         total,
@@ -178,45 +323,50 @@ pub fn fetch_file(
     let mut got = 0u64;
     loop {
         let n = body.read(&mut buf).map_err(|e| {
-            http(format!(
-                "download interrupted after {} bytes ({e}); run again to resume",
+            let why = if stalled(&e) {
+                "the transfer stalled".to_string()
+            } else {
+                e.to_string()
+            };
+            Failure::Transient(format!(
+                "download interrupted after {} bytes ({why})",
                 resumed_from + got
             ))
         })?;
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n]).map_err(|e| file_err(&part, e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| fatal(file_err(&part, e)))?;
         got += n as u64;
         progress.advance(n as u64);
     }
-    out.sync_all().map_err(|e| file_err(&part, e))?;
+    out.sync_all().map_err(|e| fatal(file_err(&part, e)))?;
     drop(out);
     if let Some(total) = total {
         if resumed_from + got != total {
-            return Err(http(format!(
-                "got {} of {total} bytes; run again to resume",
+            return Err(Failure::Transient(format!(
+                "got {} of {total} bytes",
                 resumed_from + got
             )));
         }
     }
-    let digest = sha256_file(&part)?;
+    let digest = sha256_file(&part).map_err(fatal)?;
     if let Some(want) = &want {
         if &digest != want {
             let _ = std::fs::remove_file(&part);
-            return Err(FetchError::Checksum {
+            return Err(fatal(FetchError::Checksum {
                 path: dest.to_path_buf(),
                 got: digest,
                 want: want.clone(),
-            });
+            }));
         }
     }
-    std::fs::rename(&part, dest).map_err(|e| file_err(dest, e))?;
-    scratchllm_tokenizer::io::atomic_write(&stamp, digest.as_bytes())
-        .map_err(|e| file_err(&stamp, e))?;
-    Ok(Outcome::Downloaded {
-        bytes: resumed_from + got,
+    std::fs::rename(&part, dest).map_err(|e| fatal(file_err(dest, e)))?;
+    Ok(Downloaded {
+        total: resumed_from + got,
         resumed_from,
+        digest,
     })
 }
 

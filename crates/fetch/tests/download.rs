@@ -1,10 +1,21 @@
 //! Downloads against a local HTTP server (there is no internet here): checksums, resume after a
 //! dropped connection, the cache, a mirror, zip extraction, and a server that lies.
-use scratchllm_fetch::{fetch_file, get, Asset, Options, Outcome, Progress, RemoteFile};
+use scratchllm_fetch::{fetch_file, get, Asset, Network, Options, Outcome, Progress, RemoteFile};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Quick patience for tests: a hung server is given up on in a fraction of a second.
+fn patient(retries: u32) -> Network {
+    Network {
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_millis(300),
+        retries,
+        backoff: Duration::from_millis(10),
+    }
+}
 
 struct Quiet;
 impl Progress for Quiet {
@@ -73,12 +84,12 @@ fn resumes_an_interrupted_download_and_then_uses_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("weights.bin");
     let url = format!("{url}/weights.bin");
-    let first = fetch_file(&url, &dest, Some(&want), &mut Quiet)
+    let first = fetch_file(&url, &dest, Some(&want), &patient(0), &mut Quiet)
         .unwrap_err()
         .to_string();
     assert!(first.contains("run again to resume"), "{first}");
     assert!(!dest.exists(), "a partial download must not look complete");
-    match fetch_file(&url, &dest, Some(&want), &mut Quiet).unwrap() {
+    match fetch_file(&url, &dest, Some(&want), &patient(0), &mut Quiet).unwrap() {
         Outcome::Downloaded {
             bytes,
             resumed_from,
@@ -90,7 +101,7 @@ fn resumes_an_interrupted_download_and_then_uses_the_cache() {
     }
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert_eq!(
-        fetch_file(&url, &dest, Some(&want), &mut Quiet).unwrap(),
+        fetch_file(&url, &dest, Some(&want), &patient(0), &mut Quiet).unwrap(),
         Outcome::Cached
     );
     assert_eq!(
@@ -109,6 +120,7 @@ fn a_wrong_checksum_is_refused_and_the_part_removed() {
         &format!("{url}/x"),
         &dest,
         Some(&"0".repeat(64)),
+        &patient(2),
         &mut Quiet,
     )
     .unwrap_err()
@@ -124,6 +136,7 @@ fn unreachable_servers_are_named() {
         "http://127.0.0.1:9/nothing",
         &dir.path().join("n"),
         None,
+        &patient(0),
         &mut Quiet,
     )
     .unwrap_err()
@@ -162,8 +175,8 @@ fn a_mirror_serves_a_whole_asset_with_zip_extraction() {
     let out = get(
         &asset,
         &Options {
-            cache_dir: dir.path().to_path_buf(),
             mirror: Some(url),
+            ..Options::new(dir.path().to_path_buf())
         },
         &mut Quiet,
     )
@@ -172,4 +185,101 @@ fn a_mirror_serves_a_whole_asset_with_zip_extraction() {
         std::fs::read_to_string(out.join("spam.tsv")).unwrap(),
         "ham\tHello\nspam\tWin\n"
     );
+}
+
+/// Accepts connections and never answers (after sending `head`, if any), holding each open; counts
+/// them.
+fn hang(head: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(head);
+            held.push(stream);
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_server_that_never_answers_is_given_up_on_after_the_retries() {
+    let (url, count) = hang(b"");
+    let dir = tempfile::tempdir().unwrap();
+    let e = fetch_file(
+        &format!("{url}/weights.bin"),
+        &dir.path().join("weights.bin"),
+        None,
+        &patient(2),
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(&url)
+            && e.contains("did not answer in time")
+            && e.contains("gave up after 3 attempts"),
+        "{e}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 3, "one request per attempt");
+}
+
+#[test]
+fn a_stalled_transfer_is_named_and_the_part_kept() {
+    let (url, count) = hang(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("w.bin");
+    let e = fetch_file(
+        &format!("{url}/w.bin"),
+        &dest,
+        None,
+        &patient(1),
+        &mut Quiet,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("download interrupted after 10 bytes (the transfer stalled)")
+            && e.contains("gave up after 2 attempts")
+            && e.contains("run again to resume"),
+        "{e}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert!(!dest.exists());
+    // The second attempt restarted the file (this server ignores Range): 10 bytes, not 20.
+    assert_eq!(
+        std::fs::read(dir.path().join("w.bin.part")).unwrap(),
+        b"0123456789"
+    );
+}
+
+#[test]
+fn retries_resume_dropped_transfers_by_themselves() {
+    let body: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let want = sha256_hex(&body);
+    let (url, count) = serve(body.clone(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("weights.bin");
+    let got = fetch_file(
+        &format!("{url}/weights.bin"),
+        &dest,
+        Some(&want),
+        &patient(3),
+        &mut Quiet,
+    )
+    .unwrap();
+    // Halves: 200000 bytes, then half the remaining 200000, then the last 100000 resumed.
+    assert_eq!(
+        got,
+        Outcome::Downloaded {
+            bytes: body.len() as u64,
+            resumed_from: 300_000
+        }
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(count.load(Ordering::SeqCst), 3);
 }

@@ -1,8 +1,9 @@
 //! Sequence classification with a GPT (the book's chapter 6 and its bonus experiments): the output
 //! head maps hidden states to class logits, read at one token position or averaged over the text.
 use crate::error::{ModelError, Result};
+use crate::generate::{check_logits, LogitsError};
 use crate::gpt::{DropoutRng, Gpt};
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use scratchllm_tokenizer::{SpecialMode, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +129,17 @@ pub struct Prediction {
     pub truncated: bool,
 }
 
+/// Softmax of one text's class logits, computed in f64 from the largest logit down (so huge or
+/// tiny logits neither overflow nor all round to 0). NaN or +inf logits are an error (see
+/// [`check_logits`]); a -inf logit gets probability 0; equal logits share equally.
+pub fn class_probs(logits: &[f32]) -> Result<Vec<f32>, LogitsError> {
+    check_logits(logits)?;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let total: f64 = exps.iter().sum(); // >= 1: the maximum contributes exp(0)
+    Ok(exps.iter().map(|e| (e / total) as f32).collect())
+}
+
 /// Classifies `texts` in batches of `batch_size`.
 pub fn predict(
     gpt: &Gpt,
@@ -153,11 +165,15 @@ pub fn predict(
         }
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
         let (ids, lengths) = spec.batch(&refs, gpt.device())?;
-        let probs =
-            candle_nn::ops::softmax(&class_logits(gpt, spec, &ids, &lengths, None)?, D::Minus1)?
-                .to_vec2::<f32>()?;
-        for (p, cut) in probs.into_iter().zip(truncated) {
-            let class = crate::generate::argmax(&p) as usize;
+        let logits = class_logits(gpt, spec, &ids, &lengths, None)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?; // (B, classes)
+        for (row, cut) in logits.iter().zip(truncated) {
+            let p = class_probs(row).map_err(|problem| ModelError::Logits {
+                model: gpt.source().to_string(),
+                problem,
+            })?;
+            let class = crate::generate::argmax(row) as usize; // the logits: no rounding ties
             out.push(Prediction {
                 class,
                 label: spec

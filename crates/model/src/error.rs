@@ -22,6 +22,13 @@ pub enum ModelError {
     Config(String),
     #[error("invalid generation setting: {0}")]
     Generation(String),
+    /// The model's output cannot be used: its weights are broken (typically a training run that
+    /// diverged and saved NaN weights). `model` names where the weights came from.
+    #[error("the weights of {model} produce {problem}; the model is broken (did its training diverge? retrain it, or use an earlier checkpoint)")]
+    Logits {
+        model: String,
+        problem: crate::generate::LogitsError,
+    },
     #[error(transparent)]
     Tokenizer(#[from] scratchllm_tokenizer::TokenizerError),
     #[error("tensor operation failed: {0}")]

@@ -64,7 +64,47 @@ impl GenerateOptions {
     }
 }
 
-/// Index of the first maximum (as `torch.argmax`).
+/// Why a row of logits cannot be sampled from. Models whose training diverged produce NaN (and
+/// sometimes +inf) logits; a comparison against NaN is always false, so sorting, top-k and argmax
+/// would silently pick garbage or index past their candidates without this check.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LogitsError {
+    #[error("no logits (an empty vocabulary)")]
+    Empty,
+    #[error("NaN logits ({count} of {len}, the first at id {first})")]
+    NaN {
+        first: usize,
+        count: usize,
+        len: usize,
+    },
+    #[error("an infinite logit (+inf at id {id} of {len})")]
+    Infinite { id: usize, len: usize },
+    #[error("only -inf logits ({len} of them): no token can be chosen")]
+    NoCandidate { len: usize },
+}
+
+/// Checks that `logits` can be sampled from: no NaN, no +inf, at least one finite value.
+/// A `-inf` logit is allowed: it is a token masked out (probability 0), as the book's top-k does.
+pub fn check_logits(logits: &[f32]) -> Result<(), LogitsError> {
+    let len = logits.len();
+    if len == 0 {
+        return Err(LogitsError::Empty);
+    }
+    if let Some(first) = logits.iter().position(|x| x.is_nan()) {
+        let count = logits.iter().filter(|x| x.is_nan()).count();
+        return Err(LogitsError::NaN { first, count, len });
+    }
+    if let Some(id) = logits.iter().position(|&x| x == f32::INFINITY) {
+        return Err(LogitsError::Infinite { id, len });
+    }
+    if logits.iter().all(|&x| x == f32::NEG_INFINITY) {
+        return Err(LogitsError::NoCandidate { len });
+    }
+    Ok(())
+}
+
+/// Index of the first maximum (as `torch.argmax`); 0 for an empty slice. NaN is never a maximum
+/// here (call [`check_logits`] first to refuse it).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {
@@ -75,10 +115,18 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Picks a token from one position's logits.
-pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> u32 {
+/// Picks a token from one position's logits: greedy (the first maximum, so all-equal logits give
+/// id 0), or a sample after temperature, top-k and top-p. Logits that cannot be sampled from are
+/// an error (see [`check_logits`]); any `top_k` (even above the vocabulary) and any valid options
+/// give a token whose logit is finite.
+pub fn pick(
+    logits: &[f32],
+    opts: &GenerateOptions,
+    rng: &mut impl Rng,
+) -> Result<u32, LogitsError> {
+    check_logits(logits)?;
     let Some(temp) = opts.temperature else {
-        return argmax(logits);
+        return Ok(argmax(logits));
     };
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     order.sort_unstable_by(|&a, &b| {
@@ -87,15 +135,20 @@ pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> u32 {
             .then(a.cmp(&b))
     });
     // top-k keeps every token at least as large as the k-th (the book's `logits < min_val` rule).
-    if let Some(k) = opts.top_k.filter(|&k| k < order.len()) {
+    if let Some(k) = opts.top_k.filter(|&k| k > 0 && k < order.len()) {
         let kth = logits[order[k - 1] as usize];
         order.retain(|&i| logits[i as usize] >= kth);
     }
     let max = logits[order[0] as usize];
-    let mut probs: Vec<f64> = order
+    // In f32 as before, so that seeded samples stay the same; with finite `max` and a positive
+    // finite temperature this is never NaN: at worst -inf, whose exp is 0.
+    // Tokens with no probability (masked with -inf, or underflowed) are dropped, so that not even
+    // the rounding fallback below can draw one. The maximum has exp(0) = 1, so one always stays.
+    let (mut order, mut probs): (Vec<u32>, Vec<f64>) = order
         .iter()
-        .map(|&i| (((logits[i as usize] - max) / temp) as f64).exp())
-        .collect();
+        .map(|&i| (i, (((logits[i as usize] - max) / temp) as f64).exp()))
+        .filter(|&(_, p)| p > 0.0)
+        .unzip();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     // top-p keeps the smallest prefix whose mass reaches p (the first token always).
@@ -114,10 +167,11 @@ pub fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut impl Rng) -> u32 {
     for (i, &p) in probs.iter().enumerate() {
         r -= p;
         if r < 0.0 {
-            return order[i];
+            return Ok(order[i]);
         }
     }
-    order[probs.len() - 1]
+    // Rounding left `r` just above 0: the last candidate (there is at least one, the maximum).
+    Ok(order.last().copied().unwrap_or_default())
 }
 
 /// Generates after `prompt`; calls `on_token` with each new id as it is chosen (return `false` to
@@ -129,7 +183,8 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32) -> Result<bool>,
 ) -> Result<Vec<u32>> {
     let mut g = Generation::new(model, prompt, opts)?;
-    let mut new = Vec::with_capacity(opts.max_new_tokens);
+    // `max_new_tokens` is the user's number (up to u64::MAX): reserve no more than a context's worth.
+    let mut new = Vec::with_capacity(opts.max_new_tokens.min(model.config().context_length));
     while let Some(next) = g.next_token()? {
         new.push(next);
         if !on_token(next)? {
@@ -195,8 +250,17 @@ impl<'m> Generation<'m> {
                 &model.forward_cached(&row(&ids[ids.len() - 1..], model)?, &mut self.cache)?,
             )?
         };
-        let next = pick(&logits, &self.opts, &mut self.rng);
+        let next =
+            pick(&logits, &self.opts, &mut self.rng).map_err(|problem| ModelError::Logits {
+                model: model.source().to_string(),
+                problem,
+            })?;
         self.ids.push(next);
+        // Only the last `ctx` ids are ever read: keep the history bounded however long the
+        // generation runs (one more than the context, so `ids.len() > ctx` still says it slid).
+        if self.ids.len() > 2 * ctx + 1 {
+            self.ids.drain(..self.ids.len() - (ctx + 1));
+        }
         self.produced += 1;
         self.done = Some(next) == self.opts.stop_id;
         Ok(Some(next))

@@ -389,6 +389,8 @@ pub struct Gpt {
     trf_blocks: Vec<TransformerBlock>,
     final_norm: LayerNorm,
     out_head: Lin,
+    /// Where the weights came from, to name the model in errors about its outputs.
+    source: String,
 }
 
 impl Gpt {
@@ -420,11 +422,17 @@ impl Gpt {
             final_norm: LayerNorm::load(w, "final_norm", c)?,
             out_head,
             cfg: cfg.clone(),
+            source: w.source().to_string(),
         })
     }
 
     pub fn config(&self) -> &GptConfig {
         &self.cfg
+    }
+
+    /// Where the weights came from (a file, or e.g. "random weights").
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn device(&self) -> &Device {

@@ -63,6 +63,41 @@ impl LoraSpec {
         }
         Ok(())
     }
+
+    /// [`LoraSpec::validate`], and a rank no larger than the input width of every adapted layer of
+    /// `cfg`. An update `x A B` with `A [in, rank]` has rank at most `in`: a larger rank only adds
+    /// parameters (`--lora-rank 100000` on a 64-wide model trained 70 times the model's own
+    /// weights). A rank above a layer's *output* width is as useless but tolerated, because the
+    /// book's appendix E adapts its 2-class head with rank 16 (it costs `rank * (in + out)`
+    /// parameters, a few thousand). For GPT-2 the limit is the model's width, `emb_dim`.
+    /// Trainers call this before any work starts; [`init`] calls it too.
+    pub fn validate_for(&self, cfg: &GptConfig) -> Result<()> {
+        self.validate()?;
+        let narrow = self.adapted(cfg).find(|&(_, _, in_dim)| self.rank > in_dim);
+        if let Some((name, out_dim, in_dim)) = narrow {
+            return Err(ModelError::Config(format!(
+                "LoRA rank {} is larger than layer {name}'s input width {in_dim} ({out_dim} \
+                 outputs x {in_dim} inputs): a rank above it adds parameters, not capacity; use a \
+                 rank of at most {}",
+                self.rank,
+                self.max_rank(cfg).unwrap_or(1),
+            )));
+        }
+        Ok(())
+    }
+
+    /// The largest rank [`LoraSpec::validate_for`] accepts for `cfg` (`None`: nothing adapted).
+    pub fn max_rank(&self, cfg: &GptConfig) -> Option<usize> {
+        self.adapted(cfg).map(|(_, _, in_dim)| in_dim).min()
+    }
+
+    /// The adapted layers of `cfg`: (name, out, in).
+    fn adapted(&self, cfg: &GptConfig) -> impl Iterator<Item = (String, usize, usize)> + '_ {
+        linear_layers(cfg)
+            .into_iter()
+            .filter(|(_, _, _, target)| self.targets.contains(target))
+            .map(|(name, out_dim, in_dim, _)| (name, out_dim, in_dim))
+    }
 }
 
 /// The linear layers of a model: (name, out, in, target).
@@ -95,7 +130,7 @@ pub fn init(
     seed: u64,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    spec.validate()?;
+    spec.validate_for(cfg)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let bound = 1.0 / (spec.rank as f32).sqrt();
     let mut out = HashMap::new();
@@ -192,5 +227,7 @@ mod tests {
         };
         let n = adapter_params(&init(&cfg, &spec, 0, &Device::Cpu).unwrap());
         assert_eq!(n, 2_666_528);
+        // Rank 16 exceeds the head's 2 outputs but not its 768 inputs: the book's setting stands.
+        assert_eq!(spec.max_rank(&cfg), Some(768));
     }
 }

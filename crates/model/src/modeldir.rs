@@ -57,11 +57,35 @@ struct OurConfigFile {
 
 /// Loads a model from a directory or `.safetensors` file of any supported layout.
 pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
-    if path.is_file() {
+    let files = load_any(path, device)?;
+    // Every layout's numbers are checked here, so `model info` refuses what `Gpt::new` would.
+    files
+        .config
+        .validate()
+        .map_err(|e| ModelError::file(path, e.to_string()))?;
+    Ok(files)
+}
+
+fn load_any(path: &Path, device: &Device) -> Result<ModelFiles> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ModelError::file(path, "no such file or directory"))
+        }
+        Err(e) => return Err(ModelError::io(path, e)),
+    };
+    if meta.is_file() {
         return load_book(path, path.parent().unwrap_or(Path::new(".")), device);
     }
-    if !path.is_dir() {
-        return Err(ModelError::file(path, "no such file or directory"));
+    if !meta.is_dir() {
+        return Err(ModelError::file(
+            path,
+            format!(
+                "is {}, not a regular file or a directory; expected a model directory or a \
+                 .safetensors file",
+                file_kind(&meta)
+            ),
+        ));
     }
     let has = |n: &str| path.join(n).is_file();
     if has(ADAPTER_CONFIG) {
@@ -106,6 +130,29 @@ pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
             if found.is_empty() { "nothing".into() } else { found.join(", ") }
         ),
     ))
+}
+
+/// What a path that is neither a file nor a directory is, for error messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a named pipe";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    let _ = meta;
+    "a special file"
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -163,6 +210,34 @@ fn usize_field(cfg: &Value, key: &str, path: &Path) -> Result<usize> {
         .ok_or_else(|| ModelError::file(path, format!("{key} is missing or not a number")))
 }
 
+/// GPT-2's `layer_norm_epsilon` is 1e-5, which our LayerNorm uses ([`crate::LayerNorm::EPS`]); a
+/// config that asks for anything else (a negative or zero epsilon divides by a negative or zero
+/// variance) is refused rather than silently computed with another value.
+fn check_layer_norm_epsilon(cfg: &Value, path: &Path) -> Result<()> {
+    let Some(v) = cfg.get("layer_norm_epsilon") else {
+        return Ok(());
+    };
+    let want = crate::LayerNorm::EPS;
+    match v.as_f64() {
+        Some(eps) if eps.is_finite() && eps > 0.0 && ((eps - want) / want).abs() < 1e-6 => Ok(()),
+        Some(eps) if !(eps.is_finite() && eps > 0.0) => Err(ModelError::file(
+            path,
+            format!("layer_norm_epsilon {eps} must be a positive number (GPT-2's is {want:e})"),
+        )),
+        Some(eps) => Err(ModelError::file(
+            path,
+            format!(
+                "layer_norm_epsilon {eps:e} is not GPT-2's {want:e}, the only one scratchllm's \
+                 GPT-2 supports"
+            ),
+        )),
+        None => Err(ModelError::file(
+            path,
+            format!("layer_norm_epsilon is {v}, not a number"),
+        )),
+    }
+}
+
 fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
     let cpath = dir.join("config.json");
     if let Some(act) = cfg.get("activation_function").and_then(Value::as_str) {
@@ -173,6 +248,7 @@ fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
             ));
         }
     }
+    check_layer_norm_epsilon(cfg, &cpath)?;
     let n_layers = usize_field(cfg, "n_layer", &cpath)?;
     let st = dir.join("model.safetensors");
     let (tensors, tied) = weights::from_hf(
@@ -270,6 +346,9 @@ fn heads_for(emb_dim: usize) -> Option<usize> {
 /// tensor shapes; the number of heads comes from GPT-2's sizes.
 fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
     let tensors = weights::read_safetensors(file, device)?;
+    if !tensors.contains_key("tok_emb.weight") {
+        return Err(not_the_books_layout(file, dir, &tensors));
+    }
     let shape = |n: &str| {
         tensors
             .get(n)
@@ -319,6 +398,47 @@ fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
         classifier: None,
         prompt_style: None,
     })
+}
+
+/// Why a safetensors file without the book's `tok_emb.weight` cannot be loaded: which layouts were
+/// looked for, which one the tensor names suggest, and what the directory lacks for it.
+fn not_the_books_layout(file: &Path, dir: &Path, tensors: &HashMap<String, Tensor>) -> ModelError {
+    let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    let hf = names
+        .iter()
+        .find(|n| n.ends_with("wte.weight") || n.ends_with("c_attn.weight"));
+    let what = match hf {
+        None if names.is_empty() => "it holds no tensors at all".to_string(),
+        Some(name) if dir.join("config.json").is_file() => format!(
+            "its tensors are Hugging Face's GPT-2 names ({name}): give the directory {}, which has \
+             the config.json they need, rather than the file",
+            dir.display()
+        ),
+        Some(name) => format!(
+            "its tensors are Hugging Face's GPT-2 names ({name}), and a Hugging Face model needs its \
+             config.json (n_embd, n_head, n_layer, n_positions, vocab_size) beside model.safetensors, \
+             but {} has no config.json",
+            dir.display()
+        ),
+        None => format!(
+            "its tensors have none of the known names (the book's tok_emb.weight, Hugging Face's \
+             wte.weight); its tensors are: {}{}",
+            names.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+            match names.len() {
+                0..=5 => String::new(),
+                n => format!(" and {} more", n - 5),
+            }
+        ),
+    };
+    ModelError::file(
+        file,
+        format!(
+            "no model layout matches: looked for scratchllm's and Hugging Face's (config.json + \
+             model.safetensors), OpenAI's (hparams.json + model.ckpt.*) and the book's \
+             (model.safetensors with tok_emb.weight); {what}"
+        ),
+    )
 }
 
 /// A preset with random weights, or a model path.

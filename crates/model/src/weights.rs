@@ -45,6 +45,11 @@ impl Weights {
         Ok(t.clone())
     }
 
+    /// Where the weights came from (a file, or a description such as random weights).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn tensors(&self) -> &HashMap<String, Tensor> {
         &self.tensors
     }

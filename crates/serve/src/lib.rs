@@ -8,6 +8,8 @@
 //! (`context_length_exceeded`), queue length (503).
 pub mod api;
 pub mod engine;
+#[cfg(test)]
+mod sampling_tests;
 
 use api::{parse_body, ApiError, Fields};
 use axum::body::Bytes;
@@ -105,8 +107,32 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The longest queue [`ServeOptions::max_queue`] may ask for: the queue is a channel whose capacity
+/// is fixed when it is made, and tokio refuses (with a panic) more than about 2^61 slots.
+pub const MAX_QUEUE: usize = 1 << 20;
+
+impl ServeOptions {
+    /// Refuses settings the server cannot run with, before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_QUEUE).contains(&self.max_queue) {
+            return Err(format!(
+                "the queue length {} must be in 1..={MAX_QUEUE}",
+                self.max_queue
+            ));
+        }
+        if self.max_active == 0 || self.max_tokens_limit == 0 || self.default_max_tokens == 0 {
+            return Err(format!(
+                "max_active ({}), max_tokens_limit ({}) and default_max_tokens ({}) must be at least 1",
+                self.max_active, self.max_tokens_limit, self.default_max_tokens
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Binds, loads the model behind the socket, and serves until Ctrl-C.
 pub fn run(opts: ServeOptions) -> Result<(), String> {
+    opts.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -357,6 +383,24 @@ fn gen_request(
             .integer("max_tokens", 1, limit)?
             .unwrap_or(s.default_max_tokens as u64),
     } as usize;
+    let opts = sampling(f, max_tokens.min(ctx - prompt.len()), e.eos)?;
+    let mut stops = f.stops()?;
+    stops.extend(extra_stops.iter().map(|s| s.to_string()));
+    Ok(GenRequest {
+        prompt,
+        opts,
+        stops,
+        stream: f.bool("stream")?,
+    })
+}
+
+/// A request's sampling settings (`temperature`, `top_p`, `top_k`, `seed`) as the engine's
+/// generation options; `max_new_tokens` is already bounded by the limit and the context.
+fn sampling(
+    f: &Fields,
+    max_new_tokens: usize,
+    stop_id: Option<u32>,
+) -> Result<GenerateOptions, ApiError> {
     let temperature = f.number("temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32;
     let top_p = f.number("top_p", 0.0, 1.0)?.map(|p| p as f32);
     if top_p == Some(0.0) {
@@ -375,11 +419,10 @@ fn gen_request(
         ),
         Some(_) => return Err(ApiError::bad("seed", "seed must be an integer")),
     };
-    let mut stops = f.stops()?;
-    stops.extend(extra_stops.iter().map(|s| s.to_string()));
+    // A temperature below f32's smallest positive value rounds to 0: greedy, as 0 asks.
     let greedy = temperature == 0.0;
-    let opts = GenerateOptions {
-        max_new_tokens: max_tokens.min(ctx - prompt.len()),
+    Ok(GenerateOptions {
+        max_new_tokens,
         temperature: (!greedy).then_some(temperature),
         top_k: if greedy { None } else { top_k },
         top_p: if greedy {
@@ -388,14 +431,8 @@ fn gen_request(
             top_p.filter(|&p| p < 1.0)
         },
         seed: seed.unwrap_or_else(|| now() ^ u64::from(std::process::id()) << 32),
-        stop_id: e.eos,
+        stop_id,
         use_cache: true,
-    };
-    Ok(GenRequest {
-        prompt,
-        opts,
-        stops,
-        stream: f.bool("stream")?,
     })
 }
 

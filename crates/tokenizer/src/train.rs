@@ -114,7 +114,8 @@ pub fn train(
     let target = opts.vocab_size - base;
     let mut state = MergeState::new(counts);
     let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
-    let mut merges = Vec::with_capacity(target);
+    // `vocab_size` is the user's number (up to 2^64 - 1); the corpus usually runs out of pairs first.
+    let mut merges = Vec::with_capacity(target.min(1 << 16));
     while merges.len() < target {
         let Some((a, b)) = state.best(opts.min_frequency.max(1)) else {
             break;

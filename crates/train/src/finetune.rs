@@ -103,7 +103,13 @@ impl TuneConfig {
         seed: u64,
         device: &Device,
     ) -> Result<(GptConfig, Weights, Tokenizer)> {
-        starting_model(&self.model, self.model_config.as_ref(), seed, device)
+        let (cfg, weights, tok) =
+            starting_model(&self.model, self.model_config.as_ref(), seed, device)?;
+        // A rank the model's layers cannot hold is refused before any data is read.
+        if let Some(l) = &self.lora {
+            l.validate_for(&cfg)?;
+        }
+        Ok((cfg, weights, tok))
     }
 
     /// The weights it started from, as [`Output::finish`] needs them.

@@ -46,16 +46,29 @@ thread_local! {
     );
 }
 
+/// The logical CPUs this process may run on (its CPU affinity and cgroup quota counted), at least 1.
+pub fn logical_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A requested thread count, capped at the logical CPUs and at least 1. More threads than CPUs
+/// only adds waiting: each op on candle's barrier pool ends when all its threads have, so with
+/// more threads than CPUs it waits for descheduled ones (`--threads 1000` ran 50 times slower).
+pub fn capped_threads(requested: usize) -> usize {
+    requested.clamp(1, logical_cpus())
+}
+
 /// Sets the number of threads for candle's ops and the kernels (`None`: keep the environment's
-/// `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`, else the physical cores). Call first thing in
-/// `main`, before any tensor work and before other threads start. The count is fixed in the
-/// environment either way: candle otherwise reads `/proc/cpuinfo` again on every matrix product.
+/// `CANDLE_NUM_THREADS` / `RAYON_NUM_THREADS`, else the physical cores; a count is capped by
+/// [`capped_threads`]). Call first thing in `main`, before any tensor work and before other threads
+/// start. The count is fixed in the environment either way: candle otherwise reads
+/// `/proc/cpuinfo` again on every matrix product.
 pub fn set_threads(threads: Option<usize>) {
     let from_env = ["CANDLE_NUM_THREADS", "RAYON_NUM_THREADS"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|s| s.parse::<usize>().is_ok_and(|n| n > 0)));
     let n = match threads {
-        Some(n) => n.max(1),
+        Some(n) => capped_threads(n),
         None if from_env => return,
         None => candle_core::utils::get_num_threads(),
     };
