@@ -324,6 +324,16 @@ fn classify_run(a: ClassifyArgs) -> Result<()> {
     )
 }
 
+/// Checks the settings of a new fine-tuning run without running it.
+pub fn check(c: &FinetuneCommand) -> Result<()> {
+    let new = match c {
+        FinetuneCommand::Classify(a) => a.out.run_dir()?.1.then(|| classify_config(a).map(|_| ())),
+        FinetuneCommand::Instruct(a) => a.out.run_dir()?.1.then(|| instruct_config(a).map(|_| ())),
+        FinetuneCommand::Dpo(a) => a.out.run_dir()?.1.then(|| dpo_config(a).map(|_| ())),
+    };
+    new.unwrap_or(Ok(()))
+}
+
 pub fn run(c: FinetuneCommand) -> Result<()> {
     match c {
         FinetuneCommand::Classify(a) => classify_run(*a),

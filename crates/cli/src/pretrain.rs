@@ -99,6 +99,14 @@ fn config(a: &PretrainArgs) -> Result<PretrainConfig> {
     })
 }
 
+/// Checks the settings of a new run without running it.
+pub fn check(a: &PretrainArgs) -> Result<()> {
+    match a.out.run_dir()? {
+        (_, true) => config(a).map(|_| ()),
+        (_, false) => Ok(()),
+    }
+}
+
 pub fn run(a: PretrainArgs) -> Result<()> {
     let (run_dir, new) = a.out.run_dir()?;
     let cfg = new.then(|| config(&a)).transpose()?;

@@ -267,6 +267,15 @@ pub fn prompt_style(s: &str) -> Result<PromptStyle, String> {
 /// A JSON model configuration: the book's GPT_CONFIG keys, or a `{"config": {...}}` (or
 /// `{"model": {...}}`) file around them.
 pub fn read_model_config(path: &Path) -> Result<GptConfig> {
+    // Not a device or a pipe, and not a file too large to be a configuration (a read of
+    // /dev/zero would never end).
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        bail!(
+            "{}: expected a JSON model configuration file (a regular file of at most 1 MiB)",
+            path.display()
+        );
+    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
