@@ -99,7 +99,14 @@ fn settings_that_cannot_train_are_refused_before_any_work() {
     assert!(!run.join("config.json").exists() && !run.join("best").exists());
     // A LoRA rank wider than the model's layers is refused before any data is read.
     let out = scratchllm()
-        .args(["finetune", "classify", "--model", "gpt2-tiny", "--trainable", "lora"])
+        .args([
+            "finetune",
+            "classify",
+            "--model",
+            "gpt2-tiny",
+            "--trainable",
+            "lora",
+        ])
         .args(["--lora-rank", "100000", "--data"])
         .arg(&sms)
         .arg("--out")
@@ -107,7 +114,11 @@ fn settings_that_cannot_train_are_refused_before_any_work() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("LoRA rank 100000"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("LoRA rank 100000"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Starts `cmd`, waits for its first training step on standard error, sends `signal`, and
