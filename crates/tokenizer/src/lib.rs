@@ -12,11 +12,15 @@ pub mod bytes_unicode;
 mod error;
 pub mod formats;
 mod gpt2;
+pub mod hf;
 pub mod io;
+pub mod long;
 pub mod merge;
+pub mod meta;
 pub mod pretokenize;
 mod simple;
 mod stream;
+pub mod template;
 pub mod train;
 
 pub use bpe::{MergeRule, SpecialMode, Tokenizer};
