@@ -158,10 +158,13 @@ impl<'m> Runs<'m> {
             }
             at = at.saturating_add(width);
         }
+        // Room for the first pairs and the pushes that follow, so the heap does not double its
+        // memory while it is largest.
+        let heap = BinaryHeap::with_capacity(nodes.len() * 3 / 2 + 16);
         let mut runs = Runs {
             nodes,
             merges,
-            heap: BinaryHeap::new(),
+            heap,
         };
         for i in 0..runs.nodes.len() as u32 {
             runs.push_inside(i);
@@ -256,7 +259,8 @@ impl<'m> Runs<'m> {
         self.requeue_around(i);
     }
 
-    /// The lowest pair is the last of run `i` and the first of the next run.
+    /// The lowest pair is the last of run `i` and the first of the next run. A side holding one
+    /// token becomes the merged token in place, so the common case allocates nothing.
     fn merge_after(&mut self, i: u32) {
         let n = self.nodes[i as usize];
         let j = n.next;
@@ -265,20 +269,38 @@ impl<'m> Runs<'m> {
             return;
         };
         let start = self.last_start(i);
-        self.nodes[i as usize].count -= 1;
+        let width = n.width + m.width;
+        let merged = if n.count == 1 {
+            let left = &mut self.nodes[i as usize];
+            left.tok = z;
+            left.width = width;
+            self.take_first(j);
+            i
+        } else if m.count == 1 {
+            self.nodes[i as usize].count -= 1;
+            let right = &mut self.nodes[j as usize];
+            right.tok = z;
+            right.width = width;
+            right.start = start;
+            j
+        } else {
+            self.nodes[i as usize].count -= 1;
+            self.take_first(j);
+            self.insert_after(i, z, 1, width, start)
+        };
+        self.requeue_around(merged);
+    }
+
+    /// Run `j` gives up its first token (to a merge with the run before it).
+    fn take_first(&mut self, j: u32) {
         let right = &mut self.nodes[j as usize];
         right.count -= 1;
         right.start += right.width;
-        let new = self.insert_after(i, z, 1, n.width + m.width, start);
-        for k in [i, j] {
-            if self.nodes[k as usize].count == 0 {
-                self.unlink(k);
-            }
-        }
-        if self.nodes[j as usize].count > 0 {
+        if right.count == 0 {
+            self.unlink(j);
+        } else {
             self.push_inside(j);
         }
-        self.requeue_around(new);
     }
 
     /// Queues the pairs of run `i` with both neighbours and inside it.
