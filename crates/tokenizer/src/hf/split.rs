@@ -163,6 +163,17 @@ impl<'a> Iterator for Llama3Pieces<'a> {
     }
 }
 
+/// Where the last Llama 3 piece of `text` starts, so that a stream can be cut there
+/// ([`crate::io::stable_cut_with`]).
+pub fn llama3_last_piece_start(text: &str) -> usize {
+    let mut it = Llama3Pieces::new(text, 3);
+    let mut start = 0;
+    while let Some((s, _)) = it.next_range() {
+        start = s;
+    }
+    start
+}
+
 #[inline]
 fn is_crlf(b: u8) -> bool {
     b == b'\r' || b == b'\n'
