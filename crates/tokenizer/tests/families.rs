@@ -97,3 +97,31 @@ fn special_roles_come_from_the_config_files() {
         assert!(tok.warnings().is_empty(), "{family}: {:?}", tok.warnings());
     }
 }
+
+#[test]
+fn tiny_arch_fixtures_tokenize_and_decode_as_transformers() {
+    // ../shared/fixtures/arch/*-tiny: byte-level BPE with Llama 3's split pattern, trained on The
+    // Verdict; transformers' prompt ids and the text of its greedy continuations.
+    for arch in ["llama3-tiny", "qwen3-tiny", "gemma3-tiny"] {
+        let (Some(expected), Some(dir)) = (
+            shared_json(&format!("fixtures/arch/{arch}/expected.json")),
+            scratchllm_testutil::shared(&format!("fixtures/arch/{arch}")),
+        ) else {
+            return;
+        };
+        let tok = load(dir.to_str().unwrap()).unwrap();
+        for p in expected["prompts"].as_array().unwrap() {
+            let text = p["text"].as_str().unwrap();
+            assert_eq!(
+                tok.encode_ordinary(text),
+                json_ids(&p["ids"]),
+                "{arch}: {text:?}"
+            );
+            assert_eq!(
+                tok.decode(&json_ids(&p["greedy_new_ids"])).unwrap(),
+                p["greedy_new_text"].as_str().unwrap(),
+                "{arch}"
+            );
+        }
+    }
+}

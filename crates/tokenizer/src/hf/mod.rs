@@ -14,6 +14,7 @@ pub mod added;
 pub mod component;
 mod convert;
 pub mod decoder;
+mod facade;
 mod load;
 pub mod model;
 pub mod normalizer;
