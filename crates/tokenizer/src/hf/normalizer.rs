@@ -8,7 +8,7 @@ use super::split::Splitter;
 use crate::error::Result;
 use std::borrow::Cow;
 use unicode_normalization_alignments::{
-    is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNormalization,
+    is_nfc_quick, is_nfd_quick, is_nfkc_quick, is_nfkd_quick, IsNormalized, UnicodeNormalization,
 };
 
 /// One normalizer.
@@ -67,9 +67,16 @@ impl Normalizer {
                 |s| is_nfkc_quick(s.chars()),
                 |s| s.nfkc().map(|(c, _)| c).collect(),
             ),
-            // Decomposition leaves ASCII alone; anything else is rebuilt.
-            Normalizer::Nfd => rebuild_unless_ascii(text, |s| s.nfd().map(|(c, _)| c).collect()),
-            Normalizer::Nfkd => rebuild_unless_ascii(text, |s| s.nfkd().map(|(c, _)| c).collect()),
+            Normalizer::Nfd => unicode_form(
+                text,
+                |s| is_nfd_quick(s.chars()),
+                |s| s.nfd().map(|(c, _)| c).collect(),
+            ),
+            Normalizer::Nfkd => unicode_form(
+                text,
+                |s| is_nfkd_quick(s.chars()),
+                |s| s.nfkd().map(|(c, _)| c).collect(),
+            ),
             Normalizer::Lowercase => {
                 if text
                     .chars()
@@ -103,27 +110,44 @@ impl Normalizer {
     }
 }
 
+/// A Unicode normal form, computed only where the text is not ASCII. An ASCII character is a
+/// starter that no canonical composition takes as its second part and no reordering moves past,
+/// so the text can be cut before any ASCII character and each part normalized alone: only the
+/// non-ASCII stretches (with the ASCII character before each, which may compose with them) are
+/// looked at, and only those that the quick check does not clear are rebuilt.
 fn unicode_form<'a>(
     text: Cow<'a, str>,
     quick: impl Fn(&str) -> IsNormalized,
     full: impl Fn(&str) -> String,
 ) -> Cow<'a, str> {
-    if text.is_ascii() || quick(&text) == IsNormalized::Yes {
-        return text;
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(off) = bytes[i..].iter().position(|&b| b >= 0x80) {
+        let start = (i + off).saturating_sub(usize::from(i + off > i));
+        let end = bytes[i + off..]
+            .iter()
+            .position(|&b| b < 0x80)
+            .map_or(bytes.len(), |e| i + off + e);
+        let part = &text[start..end];
+        if quick(part) != IsNormalized::Yes {
+            let normalized = full(part);
+            if normalized != part {
+                let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                o.push_str(&text[copied..start]);
+                o.push_str(&normalized);
+                copied = end;
+            }
+        }
+        i = end;
     }
-    let normalized = full(&text);
-    if normalized == *text {
-        text
-    } else {
-        Cow::Owned(normalized)
-    }
-}
-
-fn rebuild_unless_ascii<'a>(text: Cow<'a, str>, full: impl Fn(&str) -> String) -> Cow<'a, str> {
-    if text.is_ascii() {
-        text
-    } else {
-        Cow::Owned(full(&text))
+    match out {
+        None => text,
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            Cow::Owned(o)
+        }
     }
 }
 
@@ -173,5 +197,25 @@ pub fn describe(n: &Normalizer) -> String {
         Normalizer::Replace { content, .. } => format!("Replace(→{content:?})"),
         Normalizer::Prepend(p) => format!("Prepend({p:?})"),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_forms_touch_only_what_changes() {
+        let nfc = |s: &str| Normalizer::Nfc.apply(Cow::Borrowed(s)).into_owned();
+        assert_eq!(nfc("cafe\u{301} x \u{1100}\u{1161}!"), "café x \u{ac00}!");
+        assert_eq!(nfc("a\u{323}\u{302}b"), "\u{1ead}b");
+        assert!(matches!(
+            Normalizer::Nfc.apply(Cow::Borrowed("plain ‘text’")),
+            Cow::Borrowed(_)
+        ));
+        let nfd = |s: &str| Normalizer::Nfd.apply(Cow::Borrowed(s)).into_owned();
+        assert_eq!(nfd("é!"), "e\u{301}!");
+        let nfkc = |s: &str| Normalizer::Nfkc.apply(Cow::Borrowed(s)).into_owned();
+        assert_eq!(nfkc("ﬁ ½"), "fi 1⁄2");
     }
 }

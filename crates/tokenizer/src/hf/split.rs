@@ -32,6 +32,8 @@ pub enum Splitter {
     Gpt2,
     /// Llama 3's pattern (`max_digits` 3) or Qwen2's (1), by hand.
     Llama3 { max_digits: usize },
+    /// A literal string (a `{"String": ...}` pattern), found left to right without overlaps.
+    Literal(Arc<str>),
     /// Any other pattern.
     Regex(Arc<fancy_regex::Regex>),
 }
@@ -48,14 +50,20 @@ impl Splitter {
         })
     }
 
-    /// A literal string, matched as the `tokenizers` library does (its regex-escaped form).
+    /// A literal string, matched as the `tokenizers` library does (its regex-escaped form: the
+    /// leftmost occurrences, without overlaps). The empty string matches nowhere here; as a regex
+    /// it matches between every two characters, which only cuts text into characters, so it keeps
+    /// the regex engine.
     pub fn literal(s: &str) -> Result<Self, String> {
-        Ok(Splitter::Regex(Arc::new(compile(&fancy_regex::escape(s))?)))
+        if s.is_empty() {
+            return Ok(Splitter::Regex(Arc::new(compile("")?)));
+        }
+        Ok(Splitter::Literal(s.into()))
     }
 
     /// Whether every character is matched, so that the matches alone tile the text.
     pub fn tiles(&self) -> bool {
-        !matches!(self, Splitter::Regex(_))
+        matches!(self, Splitter::Gpt2 | Splitter::Llama3 { .. })
     }
 
     /// The matches in `text`, left to right, as byte ranges.
@@ -67,6 +75,7 @@ impl Splitter {
                 pos: 0,
                 max_digits: *max_digits,
             }),
+            Splitter::Literal(lit) => Matches::Literal(text.match_indices(&**lit)),
             Splitter::Regex(re) => Matches::Regex(re.find_iter(text)),
         }
     }
@@ -103,6 +112,7 @@ fn compile(pattern: &str) -> Result<fancy_regex::Regex, String> {
 pub enum Matches<'a> {
     Gpt2(Pieces<'a>, usize),
     Llama3(Llama3Pieces<'a>),
+    Literal(std::str::MatchIndices<'a, &'a str>),
     Regex(fancy_regex::Matches<'a, 'a>),
 }
 
@@ -119,6 +129,7 @@ impl Iterator for Matches<'_> {
                 Some((start, *at))
             }
             Matches::Llama3(it) => it.next_range(),
+            Matches::Literal(it) => it.next().map(|(at, m)| (at, at + m.len())),
             // With no backtracking limit the engine has no error left to report (see `compile`).
             Matches::Regex(it) => it.next().and_then(|m| m.ok()).map(|m| (m.start(), m.end())),
         }
