@@ -125,3 +125,39 @@ fn tiny_arch_fixtures_tokenize_and_decode_as_transformers() {
         }
     }
 }
+
+#[test]
+fn saved_tokenizer_json_loads_back_to_the_same_ids() {
+    let Some(cases) = shared_json("fixtures/tokenizer-families/cases.json") else {
+        return;
+    };
+    for family in FAMILIES {
+        let Some(dir) = family_dir(family) else {
+            return;
+        };
+        let tok = load(dir.to_str().unwrap()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let files = scratchllm_tokenizer::formats::save_dir(&tok, out.path()).unwrap();
+        // A pipeline is written as tokenizer.json (with its config), not in formats that would lose it.
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["tokenizer.json", "tokenizer_config.json"],
+            "{family}"
+        );
+        let again = load(out.path().to_str().unwrap()).unwrap();
+        assert_eq!(again.stop_ids(), tok.stop_ids(), "{family}");
+        for case in cases["families"][family]["texts"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let ids = again.encode(text, SpecialMode::Allow).unwrap();
+            assert_eq!(ids, json_ids(&case["ids"]), "{family}: {text:?}");
+            assert_eq!(
+                again.decode(&ids).unwrap(),
+                case["decoded"].as_str().unwrap()
+            );
+        }
+    }
+}
