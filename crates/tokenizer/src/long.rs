@@ -13,9 +13,9 @@
 //!    which case one pair is merged and the rest waits, exactly as the plain loop would. Fifty
 //!    megabytes of one letter are then a few dozen steps instead of fifty million.
 use crate::merge::{pair_key, MergeTable};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// Which unit pairs some merge joins (see the module docs).
 #[derive(Clone, Debug, Default)]
@@ -129,8 +129,61 @@ pub fn merge_runs(
 struct Runs<'m> {
     nodes: Vec<Node>,
     merges: &'m MergeTable,
-    /// `(rank << 32 | position, node | INSIDE?)`, lowest first.
-    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    queue: Queue,
+}
+
+/// Pending pairs, lowest `(rank, position)` first. A binary heap over millions of pairs spends its
+/// time in cache misses; here each rank has a bucket whose pairs mostly arrive left to right (the
+/// first ones in one sweep, later ones near the merge that made them), kept in order in a deque,
+/// with a small heap for the few that arrive out of order.
+#[derive(Default)]
+struct Queue {
+    ranks: BinaryHeap<Reverse<u32>>,
+    buckets: FxHashMap<u32, Bucket>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    sorted: VecDeque<(u32, u32)>,
+    late: BinaryHeap<Reverse<(u32, u32)>>,
+}
+
+impl Queue {
+    /// Queues the pair at `pos` of node `tagged` (`node | INSIDE?`).
+    fn push(&mut self, rank: u32, pos: u32, tagged: u32) {
+        let bucket = self.buckets.entry(rank).or_insert_with(|| {
+            self.ranks.push(Reverse(rank));
+            Bucket::default()
+        });
+        match bucket.sorted.back() {
+            Some(&last) if last > (pos, tagged) => bucket.late.push(Reverse((pos, tagged))),
+            _ => bucket.sorted.push_back((pos, tagged)),
+        }
+    }
+
+    /// The lowest pending pair: `(rank, position, node | INSIDE?)`.
+    fn pop(&mut self) -> Option<(u32, u32, u32)> {
+        loop {
+            let &Reverse(rank) = self.ranks.peek()?;
+            let Some(b) = self.buckets.get_mut(&rank) else {
+                self.ranks.pop();
+                continue;
+            };
+            let next = match (b.sorted.front(), b.late.peek()) {
+                (Some(&s), Some(&Reverse(l))) if l < s => b.late.pop().map(|r| r.0),
+                (Some(_), _) => b.sorted.pop_front(),
+                (None, Some(_)) => b.late.pop().map(|r| r.0),
+                (None, None) => None,
+            };
+            if b.sorted.is_empty() && b.late.is_empty() {
+                self.buckets.remove(&rank);
+                self.ranks.pop();
+            }
+            if let Some((pos, tagged)) = next {
+                return Some((rank, pos, tagged));
+            }
+        }
+    }
 }
 
 impl<'m> Runs<'m> {
@@ -158,13 +211,10 @@ impl<'m> Runs<'m> {
             }
             at = at.saturating_add(width);
         }
-        // Room for the first pairs and the pushes that follow, so the heap does not double its
-        // memory while it is largest.
-        let heap = BinaryHeap::with_capacity(nodes.len() * 3 / 2 + 16);
         let mut runs = Runs {
             nodes,
             merges,
-            heap,
+            queue: Queue::default(),
         };
         for i in 0..runs.nodes.len() as u32 {
             runs.push_inside(i);
@@ -187,8 +237,7 @@ impl<'m> Runs<'m> {
         let n = self.nodes[i as usize];
         if n.count >= 2 {
             if let Some((rank, _)) = self.rank(n.tok, n.tok) {
-                let key = ((rank as u64) << 32) | n.start as u64;
-                self.heap.push(Reverse((key, i | INSIDE)));
+                self.queue.push(rank, n.start, i | INSIDE);
             }
         }
     }
@@ -203,14 +252,12 @@ impl<'m> Runs<'m> {
             return;
         }
         if let Some((rank, _)) = self.rank(n.tok, self.nodes[n.next as usize].tok) {
-            let key = ((rank as u64) << 32) | self.last_start(i) as u64;
-            self.heap.push(Reverse((key, i)));
+            self.queue.push(rank, self.last_start(i), i);
         }
     }
 
     fn run(&mut self) {
-        while let Some(Reverse((key, tagged))) = self.heap.pop() {
-            let (rank, pos) = ((key >> 32) as u32, key as u32);
+        while let Some((rank, pos, tagged)) = self.queue.pop() {
             let i = tagged & !INSIDE;
             let n = self.nodes[i as usize];
             if n.count == 0 {
@@ -255,6 +302,7 @@ impl<'m> Runs<'m> {
             let start = n.start + 2 * pairs * n.width;
             let k = self.insert_after(i, n.tok, rest, n.width, start);
             self.push_inside(k);
+            self.push_after(k);
         }
         self.requeue_around(i);
     }
@@ -303,15 +351,11 @@ impl<'m> Runs<'m> {
         }
     }
 
-    /// Queues the pairs of run `i` with both neighbours and inside it.
+    /// Queues the pairs that changed when run `i` did: inside it and with both neighbours.
     fn requeue_around(&mut self, i: u32) {
         self.push_inside(i);
         self.push_after(self.nodes[i as usize].prev);
         self.push_after(i);
-        let next = self.nodes[i as usize].next;
-        if next != NONE {
-            self.push_after(next);
-        }
     }
 
     fn insert_after(&mut self, i: u32, tok: u32, count: u32, width: u32, start: u32) -> u32 {
