@@ -3,6 +3,7 @@
 
     reference_tokenizers.py tiktoken RANKS_FILE IN_JSON OUT_JSON   # tiktoken, GPT-2 pattern, encode_ordinary
     reference_tokenizers.py hf TOKENIZER_JSON IN_JSON OUT_JSON     # Hugging Face tokenizers
+    reference_tokenizers.py hf-full TOKENIZER_JSON IN_JSON OUT_JSON # ... each as {ids, ids_with_special, decoded}
 
     reference_tokenizers.py hf-train CORPUS VOCAB_SIZE OUT_JSON    # train like ../shared/peers/bpe_train.py,
                                                                    # write how many tokens CORPUS encodes to
@@ -29,6 +30,15 @@ def hf_encoder(path):
     tok = Tokenizer.from_file(path)
     return lambda text: tok.encode(text, add_special_tokens=False).ids
 
+def hf_full(path):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(path)
+    def full(text):
+        ids = tok.encode(text, add_special_tokens=False).ids
+        return {"ids": ids, "ids_with_special": tok.encode(text).ids,
+                "decoded": tok.decode(ids, skip_special_tokens=False)}
+    return full
+
 def hf_train_count(corpus, vocab_size):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
@@ -42,6 +52,6 @@ kind, vocab, src, dst = sys.argv[1:5]
 if kind == "hf-train":
     json.dump(hf_train_count(vocab, int(src)), open(dst, "w"))
     sys.exit(0)
-encode = {"tiktoken": tiktoken_encoder, "hf": hf_encoder}[kind](vocab)
+encode = {"tiktoken": tiktoken_encoder, "hf": hf_encoder, "hf-full": hf_full}[kind](vocab)
 texts = json.load(open(src, encoding="utf-8"))
 json.dump([encode(t) for t in texts], open(dst, "w"))

@@ -1,4 +1,4 @@
-//! `tokenize`, `detokenize` and `tokenizer train|info|export`.
+//! `tokenize`, `detokenize` and `tokenizer train|info|export|render-chat`.
 use crate::out::{outln, WriteError};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct TokenizerChoice {
-    /// `gpt2` (bundled), or a tokenizer file or directory: tokenizer.json, scratchllm-tokenizer.json,
-    /// encoder.json + vocab.bpe, vocab.json + merges.txt, or a .tiktoken file.
+    /// `gpt2` (bundled), or a tokenizer file or directory: tokenizer.json (any BPE pipeline: Llama 3,
+    /// Qwen3, Gemma 3, GPT-2...), scratchllm-tokenizer.json, encoder.json + vocab.bpe, vocab.json +
+    /// merges.txt, or a .tiktoken file. tokenizer_config.json, generation_config.json and
+    /// chat_template.jinja beside it give the special roles and the chat template.
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
     /// Add a special token after the vocabulary (repeatable); it gets the next free id.
@@ -22,6 +24,9 @@ impl TokenizerChoice {
     fn load(&self) -> Result<Tokenizer> {
         let mut tok = tk::load(&self.tokenizer)
             .with_context(|| format!("loading tokenizer {:?}", self.tokenizer))?;
+        for w in tok.warnings() {
+            eprintln!("warning: {}: {w}", self.tokenizer);
+        }
         for s in &self.add_special {
             tok.add_special(s)?;
         }
@@ -51,6 +56,11 @@ pub struct TokenizeArgs {
     /// Encode special-token text as ordinary text instead of refusing it.
     #[arg(long)]
     special_as_text: bool,
+    /// Add the special tokens the tokenizer puts around a text (its post-processor: Gemma's
+    /// `<bos>`, Llama 3.1's `<|begin_of_text|>`), as `add_special_tokens=True` does. Not to be
+    /// confused with `--add-special TOKEN`, which extends the vocabulary.
+    #[arg(long)]
+    add_special_tokens: bool,
     /// Use the book's simple word tokenizer with a vocabulary built from this text file instead.
     #[arg(long, value_name = "VOCAB_TEXT", conflicts_with = "tokenizer")]
     words: Option<PathBuf>,
@@ -98,9 +108,12 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     } else {
         SpecialMode::Forbid
     };
-    let ids = tok
+    let mut ids = tok
         .encode(&text, mode)
         .with_context(|| format!("encoding {}", display_input(&a.input)))?;
+    if a.add_special_tokens {
+        ids = tok.with_special_tokens(ids);
+    }
     let tokens = |ids: &[u32]| {
         ids.iter()
             .map(|&i| tok.decode(&[i]).unwrap_or_default())
@@ -150,6 +163,9 @@ fn print_ids(
 pub struct DetokenizeArgs {
     #[command(flatten)]
     choice: TokenizerChoice,
+    /// Leave special tokens out of the text (`skip_special_tokens`).
+    #[arg(long)]
+    skip_special_tokens: bool,
     /// Input file of ids, or `-` for standard input.
     #[arg(default_value = "-")]
     input: String,
@@ -172,8 +188,13 @@ pub fn detokenize(a: DetokenizeArgs) -> Result<()> {
     let tok = a.choice.load()?;
     let ids = parse_ids(&read_input(&a.input)?)
         .with_context(|| format!("reading ids from {}", display_input(&a.input)))?;
-    // The exact bytes, not a lossy string: a token sequence may end inside a character.
-    let bytes = tok.decode_bytes(&ids)?;
+    // The exact bytes, not a lossy string: a token sequence may end inside a character. A
+    // tokenizer.json pipeline decodes through its decoder chain, as the tokenizers library does.
+    let bytes = if tok.pipeline().is_some() || a.skip_special_tokens {
+        tok.decode_with(&ids, a.skip_special_tokens)?.into_bytes()
+    } else {
+        tok.decode_bytes(&ids)?
+    };
     Ok(crate::out::bytes(&bytes)?)
 }
 
@@ -185,6 +206,9 @@ pub enum TokenizerCommand {
     Info(InfoArgs),
     /// Write a tokenizer in every format we write (ours, tokenizer.json, vocab.json + merges.txt).
     Export(ExportArgs),
+    /// Render a chat with the tokenizer's chat template, exactly as transformers'
+    /// apply_chat_template(..., tokenize=False) renders it, and print it.
+    RenderChat(RenderChatArgs),
 }
 
 #[derive(Args)]
@@ -204,9 +228,20 @@ pub struct TrainArgs {
     /// Never merge a pair seen fewer times than this.
     #[arg(long, default_value_t = 0)]
     min_frequency: u64,
+    /// The split pattern words are cut with: GPT-2's or Llama 3's (digits in threes, a word keeps
+    /// the character before it, line breaks apart). A llama3 vocabulary is saved as tokenizer.json
+    /// and our format, not as vocab.json + merges.txt, which cannot say how to split.
+    #[arg(long, value_enum, default_value = "gpt2")]
+    pre_tokenizer: PreTokenizerArg,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PreTokenizerArg {
+    Gpt2,
+    Llama3,
 }
 
 fn bar(len: u64, template: &str, quiet: bool) -> ProgressBar {
@@ -225,6 +260,7 @@ pub fn tokenizer(c: TokenizerCommand) -> Result<()> {
         TokenizerCommand::Train(a) => train(a),
         TokenizerCommand::Info(a) => info(a),
         TokenizerCommand::Export(a) => export(a),
+        TokenizerCommand::RenderChat(a) => render_chat(a),
     }
 }
 
@@ -235,7 +271,11 @@ fn train(a: TrainArgs) -> Result<()> {
         a.specials.clone()
     };
     let started = std::time::Instant::now();
-    let mut counts = tk::WordCounts::new(&specials);
+    let split = match a.pre_tokenizer {
+        PreTokenizerArg::Gpt2 => tk::SplitPreset::Gpt2,
+        PreTokenizerArg::Llama3 => tk::SplitPreset::Llama3,
+    };
+    let mut counts = tk::WordCounts::with_split(&specials, split);
     let total: u64 = a
         .input
         .iter()
@@ -298,13 +338,62 @@ pub struct InfoArgs {
 
 fn info(a: InfoArgs) -> Result<()> {
     let tok = a.choice.load()?;
-    outln!("tokenizer:      {}", a.choice.tokenizer)?;
-    outln!("vocabulary:     {} ids", tok.vocab_size())?;
-    outln!("merge rule:     {:?}", tok.rule())?;
-    outln!("mergeable pairs: {}", tok.merge_count())?;
-    for (text, id) in tok.specials() {
-        outln!("special:        {text:?} = {id}")?;
+    let meta = tok.meta();
+    // Written through a locked handle so that a closed pipe is an error, not a panic.
+    let mut out = std::io::stdout().lock();
+    let role = |r: &Option<tk::Role>| {
+        r.as_ref()
+            .map_or("none".to_string(), |r| format!("{:?} = {}", r.text, r.id))
+    };
+    writeln!(out, "tokenizer:       {}", a.choice.tokenizer)?;
+    writeln!(out, "family:          {}", tok.family())?;
+    writeln!(out, "vocabulary:      {} ids", tok.vocab_size())?;
+    match tok.pipeline() {
+        Some(p) => {
+            let kind = if p.model.is_byte_level() {
+                "byte-level"
+            } else {
+                "character-level"
+            };
+            writeln!(out, "pipeline:        tokenizer.json, {kind} BPE")?;
+            writeln!(out, "mergeable pairs: {}", tok.merge_count())?;
+        }
+        None => {
+            writeln!(out, "merge rule:      {:?}", tok.rule())?;
+            writeln!(out, "mergeable pairs: {}", tok.merge_count())?;
+        }
     }
+    writeln!(out, "bos:             {}", role(&meta.bos))?;
+    writeln!(out, "eos:             {}", role(&meta.eos))?;
+    if meta.pad.is_some() {
+        writeln!(out, "pad:             {}", role(&meta.pad))?;
+    }
+    for r in &meta.end_of_turn {
+        writeln!(out, "end of turn:     {:?} = {}", r.text, r.id)?;
+    }
+    writeln!(out, "stop ids:        {:?}", tok.stop_ids())?;
+    if meta.templates.is_empty() {
+        writeln!(out, "chat template:   none")?;
+    }
+    for t in &meta.templates {
+        writeln!(
+            out,
+            "chat template:   {} ({}, {} bytes)",
+            t.name,
+            t.origin.display(),
+            t.source.len()
+        )?;
+    }
+    let mut specials = tok.specials().to_vec();
+    specials.sort_by_key(|s| s.1);
+    writeln!(out, "special tokens:  {}", specials.len())?;
+    for (text, id) in specials.iter().take(20) {
+        writeln!(out, "special:         {text:?} = {id}")?;
+    }
+    if specials.len() > 20 {
+        writeln!(out, "special:         ... and {} more", specials.len() - 20)?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -325,5 +414,48 @@ fn export(a: ExportArgs) -> Result<()> {
     for f in tk::formats::save_dir(&tok, &a.out)? {
         outln!("{}", f.display())?;
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RenderChatArgs {
+    #[command(flatten)]
+    choice: TokenizerChoice,
+    /// A JSON file with the messages: a list of {"role": ..., "content": ...} objects.
+    #[arg(long)]
+    messages: PathBuf,
+    /// Leave out the prompt for the assistant's turn (add_generation_prompt=False).
+    #[arg(long)]
+    no_generation_prompt: bool,
+    /// A template variable NAME=VALUE (repeatable); VALUE is read as JSON when it parses, else as
+    /// a string: --var enable_thinking=false, --var 'tools=[...]'.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Use the chat template of this name (for files with several: default, tool_use, ...).
+    #[arg(long)]
+    template: Option<String>,
+}
+
+fn render_chat(a: RenderChatArgs) -> Result<()> {
+    let tok = a.choice.load()?;
+    let messages = read_text(&a.messages)?;
+    let mut vars = Vec::new();
+    for v in &a.vars {
+        let Some((name, value)) = v.split_once('=') else {
+            bail!("--var {v:?} is not NAME=VALUE");
+        };
+        vars.push((name.to_string(), value.to_string()));
+    }
+    let opts = tk::ChatOptions {
+        add_generation_prompt: !a.no_generation_prompt,
+        vars,
+        template: a.template,
+    };
+    let prompt = tok
+        .render_chat(&messages, &opts)
+        .with_context(|| format!("rendering {}", a.messages.display()))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(prompt.as_bytes())?;
+    out.flush()?;
     Ok(())
 }

@@ -12,9 +12,13 @@
 //! Special tokens (`<|endoftext|>`) are matched in the raw text before pre-tokenization, as tiktoken
 //! does, and are refused by default.
 use crate::error::{Result, TokenizerError};
-use crate::merge::{merge, pair_key, MergeTable};
+use crate::hf::Pipeline;
+use crate::long::{byte_segments, merge_runs, Junctions};
+use crate::merge::{merge, merge_flat, pair_key, MergeTable};
+use crate::meta::Meta;
 use crate::pretokenize::pieces;
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
 
 /// How special-token text (such as `<|endoftext|>`) inside the input is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -39,16 +43,23 @@ pub enum MergeRule {
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
     /// Bytes of every id; a special token's bytes are its text.
-    vocab: Vec<Vec<u8>>,
+    pub(crate) vocab: Vec<Vec<u8>>,
     /// Ordinary tokens only.
-    encoder: FxHashMap<Vec<u8>, u32>,
-    byte_ids: [u32; 256],
-    merges: MergeTable,
+    pub(crate) encoder: FxHashMap<Vec<u8>, u32>,
+    pub(crate) byte_ids: [u32; 256],
+    pub(crate) merges: MergeTable,
     /// The merge list in priority order (for [`MergeRule::MergeList`]; derived on demand otherwise).
-    merge_list: Vec<(u32, u32)>,
-    rule: MergeRule,
+    pub(crate) merge_list: Vec<(u32, u32)>,
+    pub(crate) rule: MergeRule,
     /// Special tokens, longest first so that a longer one wins where two start at one place.
-    specials: Vec<(String, u32)>,
+    pub(crate) specials: Vec<(String, u32)>,
+    /// Where long pieces can be cut ([`crate::long`]).
+    pub(crate) junctions: Junctions,
+    /// A Hugging Face `tokenizer.json` pipeline that encodes and decodes in place of the GPT-2
+    /// path above; `vocab` then holds what each id stands for on its own ([`crate::hf`]).
+    pub(crate) hf: Option<Arc<Pipeline>>,
+    /// Special roles, chat templates and load warnings ([`crate::meta`]).
+    pub(crate) meta: Meta,
 }
 
 impl Tokenizer {
@@ -126,6 +137,7 @@ impl Tokenizer {
                 ))
             })?;
         }
+        let junctions = Junctions::of_bytes(&merges, &vocab);
         let mut tok = Tokenizer {
             vocab: Vec::new(),
             encoder,
@@ -134,6 +146,9 @@ impl Tokenizer {
             merge_list,
             rule,
             specials: Vec::new(),
+            junctions,
+            hf: None,
+            meta: Meta::default(),
         };
         std::mem::swap(&mut tok.vocab, &mut vocab);
         for (text, id) in specials {
@@ -150,6 +165,12 @@ impl Tokenizer {
         }
         let id = self.vocab.len() as u32;
         self.insert_special(text, id)?;
+        if let Some(p) = &mut self.hf {
+            let p = Arc::make_mut(p);
+            let mut added = p.added.clone();
+            added.push(crate::hf::added::AddedToken::special(text, id));
+            p.set_added(added)?;
+        }
         Ok(id)
     }
 
@@ -213,12 +234,15 @@ impl Tokenizer {
 
     /// The table of mergeable pairs (for tests and tools that merge by hand).
     pub fn merge_table(&self) -> &MergeTable {
-        &self.merges
+        match &self.hf {
+            Some(p) => &p.model.merges,
+            None => &self.merges,
+        }
     }
 
     /// Number of mergeable pairs.
     pub fn merge_count(&self) -> usize {
-        self.merges.len()
+        self.merge_table().len()
     }
 
     /// The bytes of token `id`.
@@ -232,15 +256,27 @@ impl Tokenizer {
             })
     }
 
-    /// Encodes `text` with special tokens treated as ordinary text.
+    /// Encodes `text` with special tokens treated as ordinary text (a `tokenizer.json`'s added
+    /// tokens that are not special are still found, as the `tokenizers` library finds them).
     pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        Encoder::new(self).encode_into(text, &mut out);
+        match &self.hf {
+            // Only `SpecialMode::Forbid` can fail.
+            Some(p) => p
+                .encode(text, SpecialMode::AsText, &mut out)
+                .unwrap_or_default(),
+            None => Encoder::new(self).encode_into(text, &mut out),
+        }
         out
     }
 
     /// Encodes `text`, treating special-token text as `mode` says.
     pub fn encode(&self, text: &str, mode: SpecialMode) -> Result<Vec<u32>> {
+        if let Some(p) = &self.hf {
+            let mut out = Vec::with_capacity(text.len() / 3 + 1);
+            p.encode(text, mode, &mut out)?;
+            return Ok(out);
+        }
         if mode == SpecialMode::AsText || self.specials.is_empty() {
             return Ok(self.encode_ordinary(text));
         }
@@ -274,13 +310,20 @@ impl Tokenizer {
         Ok(out)
     }
 
-    /// Decodes `ids` to text; bytes that are not valid UTF-8 become U+FFFD, as tiktoken does.
+    /// Decodes `ids` to text; bytes that are not valid UTF-8 become U+FFFD, as tiktoken does. A
+    /// `tokenizer.json` pipeline decodes through its decoder chain, as the `tokenizers` library.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(p) = &self.hf {
+            return p.decode(ids, false);
+        }
         Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
     }
 
     /// The merge list in priority order; for a ranks vocabulary, the pair each token is made of.
     pub fn merge_list(&self) -> Vec<(u32, u32)> {
+        if let Some(p) = &self.hf {
+            return p.model.merge_list.clone();
+        }
         if self.rule == MergeRule::MergeList {
             return self.merge_list.clone();
         }
@@ -309,10 +352,33 @@ impl Tokenizer {
 
     fn encode_piece(&self, piece: &[u8], scratch: &mut Vec<u32>) {
         scratch.clear();
+        if piece.len() > LONG_PIECE {
+            return self.encode_long(piece, scratch);
+        }
         scratch.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
         merge(scratch, &self.merges);
     }
+
+    /// A long piece: cut where no merge can join ([`crate::long`]), each part merged on its own.
+    fn encode_long(&self, piece: &[u8], out: &mut Vec<u32>) {
+        let mut part = Vec::new();
+        byte_segments(piece, &self.junctions, |s, e| {
+            let seg = &piece[s..e];
+            if seg.len() <= LONG_PIECE {
+                part.clear();
+                part.extend(seg.iter().map(|&b| self.byte_ids[b as usize]));
+                merge_flat(&mut part, &self.merges);
+                out.extend_from_slice(&part);
+            } else {
+                let symbols = seg.iter().map(|&b| (self.byte_ids[b as usize], 1));
+                merge_runs(symbols, &self.merges, out);
+            }
+        });
+    }
 }
+
+/// Pieces longer than this (bytes) are cut at junctions and merged over runs.
+const LONG_PIECE: usize = 256;
 
 /// Finds special tokens left to right in linear time: each special's next occurrence is remembered
 /// and searched again only once the scan has passed it.

@@ -34,6 +34,16 @@ pub enum TokenizerError {
     Vocabulary(String),
     #[error("invalid training setting: {0}")]
     Training(String),
+    #[error("{path}: {component}: {message}")]
+    Component {
+        path: PathBuf,
+        component: String,
+        message: String,
+    },
+    #[error("chat template in {path}: {message}")]
+    Template { path: PathBuf, message: String },
+    #[error("chat messages: {0}")]
+    Messages(String),
 }
 
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;

@@ -12,6 +12,7 @@
 use crate::bpe::{MergeRule, Tokenizer};
 use crate::bytes_unicode;
 use crate::error::{Result, TokenizerError};
+use crate::hf::SplitPreset;
 use crate::io::{atomic_write, read_text};
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -21,11 +22,31 @@ use std::path::{Path, PathBuf};
 /// File name of our own format inside a tokenizer or model directory.
 pub const SCRATCHLLM_FILE: &str = "scratchllm-tokenizer.json";
 const FORMAT_NAME: &str = "scratchllm-bpe";
+/// Version 1 splits with GPT-2's pattern; version 2 names its split pattern in "pre_tokenizer".
 const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION_SPLIT: u64 = 2;
 const ENDOFTEXT: &str = "<|endoftext|>";
 
-/// Loads a tokenizer from a directory or file, detecting the format.
+/// Loads a tokenizer from a directory or file, detecting the format, with the special roles and
+/// chat templates of the configuration files beside it ([`crate::meta`]).
 pub fn load(path: &Path) -> Result<Tokenizer> {
+    let mut tok = load_vocabulary(path)?;
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    tok.read_configs(dir)?;
+    Ok(tok)
+}
+
+/// The vocabulary alone (no configuration files).
+fn load_vocabulary(path: &Path) -> Result<Tokenizer> {
     if path.is_dir() {
         return load_dir(path);
     }
@@ -111,7 +132,9 @@ pub fn load_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Tokeni
         merges.push((i + 1, a.to_string(), b.to_string()));
     }
     let special_ids: Vec<(String, u32)> = specials.iter().map(|s| (s.clone(), ids[s])).collect();
-    build_merge_list(merges_path, tokens, &ids, merges, &special_ids)
+    let mut tok = build_merge_list(merges_path, tokens, &ids, merges, &special_ids)?;
+    crate::hf::check_coverage(&mut tok);
+    Ok(tok)
 }
 
 /// Token ids by their text form.
@@ -234,102 +257,51 @@ pub fn load_tiktoken(path: &Path) -> Result<Tokenizer> {
 
 /// A JSON tokenizer: ours (`"format": "scratchllm-bpe"`) or Hugging Face's `tokenizer.json`.
 pub fn load_json(path: &Path) -> Result<Tokenizer> {
-    let v: Value = serde_json::from_str(&read_text(path)?)
+    let text = read_text(path)?;
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        format: Option<String>,
+        model: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe = serde_json::from_str(&text)
         .map_err(|e| TokenizerError::format(path, format!("invalid JSON: {e}")))?;
-    if v.get("format").and_then(Value::as_str) == Some(FORMAT_NAME) {
+    if probe.format.as_deref() == Some(FORMAT_NAME) {
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| TokenizerError::format(path, format!("invalid JSON: {e}")))?;
         load_ours(path, &v)
-    } else if v.get("model").is_some() {
-        load_hf(path, &v)
+    } else if probe.model.is_some() {
+        load_hf(path, &text)
     } else {
         Err(TokenizerError::format(path, "neither a Hugging Face tokenizer.json (no \"model\") nor a scratchllm tokenizer (no \"format\")"))
     }
 }
 
-fn load_hf(path: &Path, v: &Value) -> Result<Tokenizer> {
-    let bad = |m: String| TokenizerError::format(path, m);
-    let model = &v["model"];
-    if model
-        .get("type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "BPE")
-    {
-        return Err(bad(format!("model type {} is not BPE", model["type"])));
-    }
-    let pre = v.get("pre_tokenizer").cloned().unwrap_or(Value::Null);
-    if !is_byte_level(&pre) {
-        return Err(bad(format!(
-            "pre_tokenizer {pre} is not GPT-2's ByteLevel; only byte-level BPE is supported"
-        )));
-    }
-    let vocab: HashMap<String, u64> = serde_json::from_value(model["vocab"].clone())
-        .map_err(|e| bad(format!("model.vocab is not a map of token to id: {e}")))?;
-    let mut added: Vec<(String, u32)> = Vec::new();
-    for (i, t) in v
-        .get("added_tokens")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        match (
-            t.get("content").and_then(Value::as_str),
-            t.get("id").and_then(Value::as_u64),
-        ) {
-            (Some(c), Some(id)) => added.push((c.to_string(), id as u32)),
-            _ => {
-                return Err(bad(format!(
-                    "added_tokens[{i}] lacks a string content or an integer id"
-                )))
-            }
-        }
-    }
-    let raw: Vec<String> = added.iter().map(|a| a.0.clone()).collect();
-    let (tokens, ids) = vocab_from_map(path, vocab, &raw)?;
-    let mut merges = Vec::new();
-    for (i, m) in model["merges"]
-        .as_array()
-        .ok_or_else(|| bad("model.merges is not a list".into()))?
-        .iter()
-        .enumerate()
-    {
-        let pair = match m {
-            Value::String(s) => s
-                .split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string())),
-            Value::Array(p) => match &p[..] {
-                [Value::String(a), Value::String(b)] => Some((a.clone(), b.clone())),
-                _ => None,
-            },
-            _ => None,
-        };
-        let (a, b) = pair.ok_or_else(|| {
-            bad(format!(
-                "model.merges[{i}] is neither \"a b\" nor [\"a\", \"b\"]"
-            ))
-        })?;
-        merges.push((i + 1, a, b));
-    }
-    build_merge_list(path, tokens, &ids, merges, &added)
-}
-
-fn is_byte_level(pre: &Value) -> bool {
-    match pre.get("type").and_then(Value::as_str) {
-        Some("ByteLevel") => true,
-        Some("Sequence") => pre["pretokenizers"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(is_byte_level)),
-        _ => false,
-    }
+/// A `tokenizer.json`: GPT-2's own pipeline runs on the GPT-2 path, any other on its pipeline.
+fn load_hf(path: &Path, text: &str) -> Result<Tokenizer> {
+    let pipeline = crate::hf::parse(path, text)?;
+    let mut tok = match crate::hf::plain_gpt2(&pipeline) {
+        Some((tokens, merges, specials)) => Tokenizer::from_merges(tokens, merges, &specials)
+            .map_err(|e| TokenizerError::format(path, e.to_string()))?,
+        None => Tokenizer::from_pipeline(pipeline)?,
+    };
+    crate::hf::check_coverage(&mut tok);
+    Ok(tok)
 }
 
 fn load_ours(path: &Path, v: &Value) -> Result<Tokenizer> {
     let bad = |m: String| TokenizerError::format(path, m);
     let version = v.get("version").and_then(Value::as_u64).unwrap_or(0);
-    if version != FORMAT_VERSION {
-        return Err(bad(format!(
-            "format version {version}, but this scratchllm reads version {FORMAT_VERSION}; use the scratchllm that wrote it, or re-export with `tokenizer convert`"
-        )));
-    }
+    let preset = match (version, v.get("pre_tokenizer").and_then(Value::as_str)) {
+        (FORMAT_VERSION, _) => SplitPreset::Gpt2,
+        (FORMAT_VERSION_SPLIT, Some(name)) => SplitPreset::from_name(name)
+            .ok_or_else(|| bad(format!("unknown pre_tokenizer {name:?} (this scratchllm knows gpt2 and llama3)")))?,
+        _ => {
+            return Err(bad(format!(
+                "format version {version}, but this scratchllm reads version {FORMAT_VERSION} or {FORMAT_VERSION_SPLIT}; \
+                 use the scratchllm that wrote it, or load its tokenizer.json instead"
+            )))
+        }
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut tokens = Vec::new();
     for (i, t) in v["tokens"]
@@ -358,7 +330,7 @@ fn load_ours(path: &Path, v: &Value) -> Result<Tokenizer> {
         }
         other => return Err(bad(format!("unknown merge rule {other:?}"))),
     };
-    tok.map_err(|e| bad(e.to_string()))
+    crate::hf::with_split(tok.map_err(|e| bad(e.to_string()))?, preset)
 }
 
 /// Ordinary token bytes (ids below the first special, which come last in our files).
@@ -372,6 +344,15 @@ fn ordinary_tokens(tok: &Tokenizer) -> Vec<&[u8]> {
 
 /// Writes our format (atomically).
 pub fn save_scratchllm(tok: &Tokenizer, path: &Path) -> Result<()> {
+    let preset = match tok.pipeline() {
+        None => SplitPreset::Gpt2,
+        Some(p) => p.preset.ok_or_else(|| {
+            TokenizerError::Vocabulary(
+                "a tokenizer.json pipeline has no scratchllm format; save it as tokenizer.json"
+                    .into(),
+            )
+        })?,
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
     let ordinary = ordinary_tokens(tok);
     if ordinary.len() + tok.specials().len() != tok.vocab_size() {
@@ -383,10 +364,14 @@ pub fn save_scratchllm(tok: &Tokenizer, path: &Path) -> Result<()> {
         MergeRule::Ranks => "ranks",
         MergeRule::MergeList => "merge-list",
     };
+    let version = match preset {
+        SplitPreset::Gpt2 => FORMAT_VERSION,
+        _ => FORMAT_VERSION_SPLIT,
+    };
     let mut doc = json!({
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "pre_tokenizer": "gpt2",
+        "version": version,
+        "pre_tokenizer": preset.name(),
         "rule": rule,
         "tokens": ordinary.iter().map(|t| b64.encode(t)).collect::<Vec<_>>(),
         "specials": tok.specials(),
@@ -397,8 +382,12 @@ pub fn save_scratchllm(tok: &Tokenizer, path: &Path) -> Result<()> {
     write_json(path, &doc)
 }
 
-/// Writes a Hugging Face `tokenizer.json` (byte-level BPE as GPT-2's) atomically.
+/// Writes a Hugging Face `tokenizer.json` atomically: a pipeline as it was read, anything else as
+/// GPT-2's byte-level BPE.
 pub fn save_hf_tokenizer_json(tok: &Tokenizer, path: &Path) -> Result<()> {
+    if let Some(p) = tok.pipeline() {
+        return write_json(path, &crate::hf::to_json(p));
+    }
     let text = |id: u32| token_text(tok, id);
     let mut vocab = Map::new();
     for id in 0..tok.vocab_size() as u32 {
@@ -438,8 +427,14 @@ pub fn save_hf_tokenizer_json(tok: &Tokenizer, path: &Path) -> Result<()> {
     write_json(path, &doc)
 }
 
-/// Writes `vocab.json` and `merges.txt` (the files `GPT2Tokenizer` reads) into `dir`.
+/// Writes `vocab.json` and `merges.txt` (the files `GPT2Tokenizer` reads) into `dir`. They carry no
+/// split pattern, so a tokenizer that does not split as GPT-2 is refused rather than saved wrong.
 pub fn save_vocab_merges(tok: &Tokenizer, dir: &Path) -> Result<()> {
+    if tok.pipeline().is_some() {
+        return Err(TokenizerError::Vocabulary(
+            "vocab.json + merges.txt cannot hold this tokenizer's pipeline; save it as tokenizer.json".into(),
+        ));
+    }
     let mut vocab = Map::new();
     for id in 0..tok.vocab_size() as u32 {
         vocab.insert(token_text(tok, id), json!(id));
@@ -469,19 +464,26 @@ fn write_json(path: &Path, doc: &Value) -> Result<()> {
     atomic_write(path, text.as_bytes())
 }
 
-/// Saves every format we write into `dir`: ours, `tokenizer.json`, `vocab.json` + `merges.txt`.
+/// Saves every format we write into `dir`: ours, `tokenizer.json`, `vocab.json` + `merges.txt`; for a
+/// `tokenizer.json` pipeline, `tokenizer.json` (and ours for a trained split preset). The special
+/// roles and chat templates read from a `tokenizer_config.json` are written back to one.
 pub fn save_dir(tok: &Tokenizer, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| TokenizerError::io(dir, e))?;
-    save_scratchllm(tok, &dir.join(SCRATCHLLM_FILE))?;
+    let mut names = Vec::new();
+    let pipeline_preset = tok.pipeline().map(|p| p.preset);
+    if matches!(pipeline_preset, None | Some(Some(_))) {
+        save_scratchllm(tok, &dir.join(SCRATCHLLM_FILE))?;
+        names.push(SCRATCHLLM_FILE);
+    }
     save_hf_tokenizer_json(tok, &dir.join("tokenizer.json"))?;
-    save_vocab_merges(tok, dir)?;
-    Ok([
-        "scratchllm-tokenizer.json",
-        "tokenizer.json",
-        "vocab.json",
-        "merges.txt",
-    ]
-    .iter()
-    .map(|n| dir.join(n))
-    .collect())
+    names.push("tokenizer.json");
+    if pipeline_preset.is_none() {
+        save_vocab_merges(tok, dir)?;
+        names.extend(["vocab.json", "merges.txt"]);
+    }
+    if let Some(config) = crate::meta::tokenizer_config(tok) {
+        write_json(&dir.join("tokenizer_config.json"), &config)?;
+        names.push("tokenizer_config.json");
+    }
+    Ok(names.iter().map(|n| dir.join(n)).collect())
 }

@@ -41,6 +41,15 @@ pub const CHUNK: usize = 1 << 20;
 /// whole text would: after the last newline, after the last special token before it, at the start
 /// of the last piece (which may continue in the next chunk). 0 when the chunk has no newline.
 pub fn stable_cut(text: &str, specials: &[String]) -> usize {
+    stable_cut_with(text, specials, last_piece_start)
+}
+
+/// [`stable_cut`] for a split pattern whose last piece starts where `last_piece_start` says.
+pub fn stable_cut_with(
+    text: &str,
+    specials: &[String],
+    last_piece_start: fn(&str) -> usize,
+) -> usize {
     let Some(nl) = text.rfind('\n') else { return 0 };
     let head = &text[..nl + 1];
     // Special tokens hold no newline, so one that starts before it also ends before it.
@@ -58,6 +67,17 @@ pub fn stable_cut(text: &str, specials: &[String]) -> usize {
 pub fn stream_text<E: From<TokenizerError>>(
     path: &Path,
     specials: &[String],
+    on_text: &mut dyn FnMut(&str) -> std::result::Result<(), E>,
+    on_bytes: &mut dyn FnMut(u64),
+) -> std::result::Result<(), E> {
+    stream_text_with(path, specials, last_piece_start, on_text, on_bytes)
+}
+
+/// [`stream_text`] for a split pattern whose last piece starts where `last_piece_start` says.
+pub fn stream_text_with<E: From<TokenizerError>>(
+    path: &Path,
+    specials: &[String],
+    last_piece_start: fn(&str) -> usize,
     on_text: &mut dyn FnMut(&str) -> std::result::Result<(), E>,
     on_bytes: &mut dyn FnMut(u64),
 ) -> std::result::Result<(), E> {
@@ -88,7 +108,7 @@ pub fn stream_text<E: From<TokenizerError>>(
         let cut = if eof {
             text.len()
         } else {
-            stable_cut(text, specials)
+            stable_cut_with(text, specials, last_piece_start)
         };
         on_text(&text[..cut])?;
         buf.drain(..cut);

@@ -5,6 +5,12 @@
 //! - [`SimpleTokenizer`]: the book's regex word tokenizer with `<|unk|>`.
 //! - [`train`]: byte-level BPE training on a corpus.
 //! - [`StreamDecoder`]: incremental decoding that never splits a UTF-8 character.
+//! - [`hf`]: Hugging Face `tokenizer.json` pipelines (Llama 3, Qwen3, Gemma 3, ...), component by
+//!   component as the `tokenizers` library defines them; [`Tokenizer`] runs them in place of the
+//!   GPT-2 path when a file needs it.
+//! - [`template`], [`meta`]: chat templates (Jinja, as transformers renders them) and special
+//!   roles (bos, eos, end of turn, stop ids) from the files beside `tokenizer.json`.
+//! - [`long`]: long pieces in near-linear time and small memory.
 //!
 //! This crate has no tensor dependency.
 mod bpe;
@@ -12,18 +18,25 @@ pub mod bytes_unicode;
 mod error;
 pub mod formats;
 mod gpt2;
+pub mod hf;
 pub mod io;
+pub mod long;
 pub mod merge;
+pub mod meta;
 pub mod pretokenize;
 mod simple;
 mod stream;
+pub mod template;
 pub mod train;
 
 pub use bpe::{MergeRule, SpecialMode, Tokenizer};
 pub use error::{Result, TokenizerError};
 pub use gpt2::{gpt2, gpt2_shared, ENDOFTEXT, ENDOFTEXT_ID};
+pub use hf::SplitPreset;
+pub use meta::{Meta, Role};
 pub use simple::{split_words, SimpleTokenizer};
 pub use stream::StreamDecoder;
+pub use template::{ChatOptions, ChatTemplate};
 pub use train::{train, TrainOptions, WordCounts};
 
 /// Loads a tokenizer by name (`gpt2`) or path (a directory or file of any supported format).

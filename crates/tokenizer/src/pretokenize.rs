@@ -64,7 +64,7 @@ pub fn class_of(c: char) -> Class {
 
 /// Decodes the character starting at byte `i` of valid UTF-8; returns it and its length.
 #[inline]
-fn char_at(s: &[u8], i: usize) -> (char, usize) {
+pub(crate) fn char_at(s: &[u8], i: usize) -> (char, usize) {
     let b0 = s[i] as u32;
     let (u, len) = if b0 < 0x80 {
         (b0, 1)
@@ -89,7 +89,7 @@ fn char_at(s: &[u8], i: usize) -> (char, usize) {
 
 /// Class and byte length of the character at `i`, with an ASCII fast path.
 #[inline]
-fn class_at(s: &[u8], i: usize) -> (Class, usize) {
+pub(crate) fn class_at(s: &[u8], i: usize) -> (Class, usize) {
     let b = s[i];
     if b < 0x80 {
         (ASCII[b as usize], 1)
@@ -121,7 +121,7 @@ const ASCII: [Class; 128] = {
 
 /// End of the run of characters of class `class` that starts at `i`.
 #[inline]
-fn run_end(s: &[u8], mut i: usize, class: Class) -> usize {
+pub(crate) fn run_end(s: &[u8], mut i: usize, class: Class) -> usize {
     while i < s.len() {
         let (c, len) = class_at(s, i);
         if c != class {
@@ -163,7 +163,7 @@ pub fn piece_end(s: &[u8], i: usize) -> usize {
 
 /// `\s+(?!\S)|\s+` at a whitespace character: the run, less its last character when a
 /// non-space follows and the run has more than one character.
-fn whitespace_end(s: &[u8], i: usize) -> usize {
+pub(crate) fn whitespace_end(s: &[u8], i: usize) -> usize {
     let mut j = i;
     let mut last = i;
     while j < s.len() {

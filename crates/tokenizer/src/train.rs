@@ -1,6 +1,7 @@
 //! Training a byte-level BPE vocabulary (the book's chapter 2 bonus, Sennrich et al. 2016).
 //!
-//! 1. [`WordCounts`] pre-tokenizes the corpus with GPT-2's pattern and counts each distinct piece;
+//! 1. [`WordCounts`] pre-tokenizes the corpus with GPT-2's pattern (or Llama 3's) and counts each
+//!    distinct piece;
 //!    files are streamed in chunks, so memory grows with the number of distinct pieces, not with
 //!    the corpus.
 //! 2. [`train`] starts from the 256 single bytes and repeatedly merges the most frequent adjacent
@@ -9,9 +10,12 @@
 //!    next pair.
 //!
 //! The result uses the merge-list rule and saves as our format or as a Hugging Face
-//! `tokenizer.json`, which the `tokenizers` library encodes identically.
+//! `tokenizer.json`, which the `tokenizers` library encodes identically; with Llama 3's pattern it
+//! is a `tokenizer.json` pipeline (a Split before ByteLevel, [`crate::hf::with_split`]).
 use crate::bpe::Tokenizer;
 use crate::error::{Result, TokenizerError};
+use crate::hf::split::Llama3Pieces;
+use crate::hf::SplitPreset;
 use crate::merge::pair_key;
 use crate::pretokenize::pieces;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -23,15 +27,27 @@ use std::path::Path;
 pub struct WordCounts {
     counts: FxHashMap<Box<str>, u64>,
     specials: Vec<String>,
+    split: SplitPreset,
 }
 
 impl WordCounts {
     /// Counts that will treat `specials` as boundaries (they are never merged with text).
     pub fn new(specials: &[String]) -> Self {
+        Self::with_split(specials, SplitPreset::Gpt2)
+    }
+
+    /// Counts that pre-tokenize with `split`'s pattern (GPT-2's or Llama 3's).
+    pub fn with_split(specials: &[String], split: SplitPreset) -> Self {
         WordCounts {
             counts: FxHashMap::default(),
             specials: specials.to_vec(),
+            split,
         }
+    }
+
+    /// The split pattern the counts were made with.
+    pub fn split(&self) -> SplitPreset {
+        self.split
     }
 
     /// Number of distinct pieces.
@@ -46,8 +62,9 @@ impl WordCounts {
     /// Counts the pieces of a whole text.
     pub fn add_text(&mut self, text: &str) {
         for segment in self.segments(text) {
-            for p in pieces(segment) {
-                self.bump(p);
+            match self.split {
+                SplitPreset::Gpt2 => pieces(segment).for_each(|p| self.bump(p)),
+                SplitPreset::Llama3 => Llama3Pieces::new(segment, 3).for_each(|p| self.bump(p)),
             }
         }
     }
@@ -74,9 +91,14 @@ impl WordCounts {
     /// bytes were consumed. The counts equal those of the whole text.
     pub fn add_file(&mut self, path: &Path, on_bytes: &mut dyn FnMut(u64)) -> Result<()> {
         let specials = self.specials.clone();
-        crate::io::stream_text(
+        let last_piece_start = match self.split {
+            SplitPreset::Gpt2 => crate::pretokenize::last_piece_start,
+            SplitPreset::Llama3 => crate::hf::split::llama3_last_piece_start,
+        };
+        crate::io::stream_text_with(
             path,
             &specials,
+            last_piece_start,
             &mut |text| {
                 self.add_text(text);
                 Ok::<(), TokenizerError>(())
@@ -132,7 +154,8 @@ pub fn train(
         .enumerate()
         .map(|(i, s)| (s.clone(), (vocab.len() + i) as u32))
         .collect();
-    Tokenizer::from_merges(vocab, merges, &specials)
+    let tok = Tokenizer::from_merges(vocab, merges, &specials)?;
+    crate::hf::with_split(tok, counts.split)
 }
 
 /// Words as symbol sequences, pair counts, and where each pair occurs.
