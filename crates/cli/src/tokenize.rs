@@ -339,15 +339,13 @@ pub struct InfoArgs {
 fn info(a: InfoArgs) -> Result<()> {
     let tok = a.choice.load()?;
     let meta = tok.meta();
-    // Written through a locked handle so that a closed pipe is an error, not a panic.
-    let mut out = std::io::stdout().lock();
     let role = |r: &Option<tk::Role>| {
         r.as_ref()
             .map_or("none".to_string(), |r| format!("{:?} = {}", r.text, r.id))
     };
-    writeln!(out, "tokenizer:       {}", a.choice.tokenizer)?;
-    writeln!(out, "family:          {}", tok.family())?;
-    writeln!(out, "vocabulary:      {} ids", tok.vocab_size())?;
+    outln!("tokenizer:       {}", a.choice.tokenizer)?;
+    outln!("family:          {}", tok.family())?;
+    outln!("vocabulary:      {} ids", tok.vocab_size())?;
     match tok.pipeline() {
         Some(p) => {
             let kind = if p.model.is_byte_level() {
@@ -355,29 +353,28 @@ fn info(a: InfoArgs) -> Result<()> {
             } else {
                 "character-level"
             };
-            writeln!(out, "pipeline:        tokenizer.json, {kind} BPE")?;
-            writeln!(out, "mergeable pairs: {}", tok.merge_count())?;
+            outln!("pipeline:        tokenizer.json, {kind} BPE")?;
+            outln!("mergeable pairs: {}", tok.merge_count())?;
         }
         None => {
-            writeln!(out, "merge rule:      {:?}", tok.rule())?;
-            writeln!(out, "mergeable pairs: {}", tok.merge_count())?;
+            outln!("merge rule:      {:?}", tok.rule())?;
+            outln!("mergeable pairs: {}", tok.merge_count())?;
         }
     }
-    writeln!(out, "bos:             {}", role(&meta.bos))?;
-    writeln!(out, "eos:             {}", role(&meta.eos))?;
+    outln!("bos:             {}", role(&meta.bos))?;
+    outln!("eos:             {}", role(&meta.eos))?;
     if meta.pad.is_some() {
-        writeln!(out, "pad:             {}", role(&meta.pad))?;
+        outln!("pad:             {}", role(&meta.pad))?;
     }
     for r in &meta.end_of_turn {
-        writeln!(out, "end of turn:     {:?} = {}", r.text, r.id)?;
+        outln!("end of turn:     {:?} = {}", r.text, r.id)?;
     }
-    writeln!(out, "stop ids:        {:?}", tok.stop_ids())?;
+    outln!("stop ids:        {:?}", tok.stop_ids())?;
     if meta.templates.is_empty() {
-        writeln!(out, "chat template:   none")?;
+        outln!("chat template:   none")?;
     }
     for t in &meta.templates {
-        writeln!(
-            out,
+        outln!(
             "chat template:   {} ({}, {} bytes)",
             t.name,
             t.origin.display(),
@@ -386,14 +383,13 @@ fn info(a: InfoArgs) -> Result<()> {
     }
     let mut specials = tok.specials().to_vec();
     specials.sort_by_key(|s| s.1);
-    writeln!(out, "special tokens:  {}", specials.len())?;
+    outln!("special tokens:  {}", specials.len())?;
     for (text, id) in specials.iter().take(20) {
-        writeln!(out, "special:         {text:?} = {id}")?;
+        outln!("special:         {text:?} = {id}")?;
     }
     if specials.len() > 20 {
-        writeln!(out, "special:         ... and {} more", specials.len() - 20)?;
+        outln!("special:         ... and {} more", specials.len() - 20)?;
     }
-    out.flush()?;
     Ok(())
 }
 
@@ -454,8 +450,6 @@ fn render_chat(a: RenderChatArgs) -> Result<()> {
     let prompt = tok
         .render_chat(&messages, &opts)
         .with_context(|| format!("rendering {}", a.messages.display()))?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(prompt.as_bytes())?;
-    out.flush()?;
+    crate::out::text(&prompt)?;
     Ok(())
 }
