@@ -166,3 +166,22 @@ fn exports_of_gpt2_load_back_identically() {
         );
     }
 }
+
+#[test]
+fn an_added_token_that_normalizes_to_nothing_is_refused() {
+    // Found by fuzz/tokenizer_json: an empty pattern would match inside characters.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(
+        &path,
+        r#"{"normalizer": {"type": "Strip", "strip_left": true, "strip_right": true},
+            "added_tokens": [{"id": 1, "content": " ", "special": false, "normalized": true}],
+            "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}"#,
+    )
+    .unwrap();
+    let e = err_of(&path);
+    assert!(
+        e.contains("tokenizer.json") && e.contains("\" \" (id 1) normalizes to nothing"),
+        "{e}"
+    );
+}

@@ -92,7 +92,8 @@ impl Pipeline {
             json,
             preset: None,
         };
-        p.set_added(added)?;
+        p.set_added(added)
+            .map_err(|e| TokenizerError::format(path, e.to_string()))?;
         p.check_post(path)?;
         Ok(p)
     }
@@ -119,6 +120,13 @@ impl Pipeline {
             self.special[slot] = t.special;
             if t.normalized {
                 let form = self.normalize(&t.content).into_owned();
+                // An empty pattern would match between any two bytes; the library refuses it too.
+                if form.is_empty() {
+                    return Err(TokenizerError::Vocabulary(format!(
+                        "added token {:?} (id {}) normalizes to nothing",
+                        t.content, t.id
+                    )));
+                }
                 self.texts[slot] = form.clone();
                 norm.0.push(form);
                 norm.1.push(t.clone());
