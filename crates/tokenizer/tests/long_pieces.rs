@@ -11,6 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// The allocation counters are global: the tests of this file take turns, so that the memory
+/// test counts only its own allocations.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -41,6 +48,7 @@ fn reference_ids(text: &str) -> Vec<u32> {
 
 #[test]
 fn megabytes_of_one_letter_match_the_plain_merge_in_little_memory() {
+    let _serial = serial();
     let tok = gpt2_shared().unwrap();
     for text in [
         "a".repeat(4 << 20),
@@ -68,6 +76,7 @@ fn megabytes_of_one_letter_match_the_plain_merge_in_little_memory() {
 
 #[test]
 fn long_pieces_without_runs_match_the_plain_merge() {
+    let _serial = serial();
     // No run and no junction to cut at: merged over single-token runs (about 50 bytes a byte).
     let tok = gpt2_shared().unwrap();
     let text = "ab".repeat(1 << 18) + &"xyzzy".repeat(20_000);
@@ -103,6 +112,7 @@ proptest! {
         merges in prop::collection::vec((0usize..40, 0usize..40), 1..30),
         ranks in prop::collection::vec(0u32..1000, 1..30),
     ) {
+        let _serial = serial();
         let t = table(3, &merges, &ranks);
         // Mix random symbols with long runs so both the pairing and the single steps are used.
         let mut seq = symbols;
@@ -120,6 +130,7 @@ proptest! {
     fn long_gpt2_pieces_match_the_plain_merge(
         parts in prop::collection::vec(prop::sample::select(vec!["a", "aa", "b", "ab", "=", "-", "xyz", "é", "{"]), 100..1500),
     ) {
+        let _serial = serial();
         let text: String = parts.concat();
         prop_assert_eq!(gpt2_shared().unwrap().encode_ordinary(&text), reference_ids(&text));
     }
