@@ -551,5 +551,15 @@ pub fn response_loss(
             "no response tokens to score (every prompt fills the context)".into(),
         ));
     }
-    Ok((total / count as f64) as f32)
+    let loss = (total / count as f64) as f32;
+    // A diverged model's logits are NaN, and so is its loss: that is a broken model, not a
+    // score (perplexity NaN would read like a result).
+    if !loss.is_finite() {
+        return Err(ModelError::Config(format!(
+            "the weights of {} produce a {loss} loss on the reference responses; the model is \
+             broken (did its training diverge? retrain it, or use an earlier checkpoint)",
+            model.source()
+        )));
+    }
+    Ok(loss)
 }
