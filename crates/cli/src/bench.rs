@@ -43,9 +43,8 @@ pub struct GenerateBench {
     prompt_tokens: usize,
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
-    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
-    dtype: crate::model::WeightDtype,
+    #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
+    dtype: Option<crate::model::WeightDtype>,
 }
 
 #[derive(Args)]

@@ -7,7 +7,6 @@ use clap::Args;
 use scratchllm_model::decode::{Decoding, Piece};
 use scratchllm_model::prompt::{Message, Role};
 use scratchllm_model::{GenerateOptions, PromptStyle};
-use scratchllm_tokenizer::{SpecialMode, ENDOFTEXT};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +33,8 @@ pub struct ChatArgs {
     #[arg(long)]
     system: Option<String>,
     /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
-    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
-    dtype: crate::model::WeightDtype,
+    #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
+    dtype: Option<crate::model::WeightDtype>,
 }
 
 const HELP: &str = "commands: /reset (new conversation), /temp X (0 = greedy), /topk K (0 = off), \
@@ -104,10 +103,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let style = a
-        .prompt_style
-        .or(files.prompt_style)
-        .unwrap_or(PromptStyle::Alpaca);
+    let style = PromptStyle::for_model(a.prompt_style.or(files.prompt_style), &files.tokenizer);
     let model = crate::model::build_model(&mut files, a.dtype)?;
     let tok = &files.tokenizer;
     let ctx = files.config.context_length;
@@ -171,7 +167,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 });
             }
             messages.extend(history.iter().cloned());
-            let ids = tok.encode(&style.chat(&messages), SpecialMode::AsText)?;
+            let ids = style.encode_chat(tok, &messages)?;
             if ids.len() <= budget || history.len() <= 1 {
                 break ids;
             }
@@ -198,12 +194,13 @@ pub fn run(a: ChatArgs) -> Result<()> {
             },
             top_p: None,
             seed: a.seed.wrapping_add(turn),
-            stop_id: tok.special_id(ENDOFTEXT),
+            stop_id: tok.end_of_text().map(|r| r.id),
             use_cache: true,
         };
         turn += 1;
         let stops = style.turn_markers().iter().map(|m| m.to_string()).collect();
-        let stop_ids = opts.stop_id.into_iter().collect();
+        // The end of a text or of a turn (the chat template's end-of-turn tokens).
+        let stop_ids = tok.stop_ids();
         let mut decoding = Decoding::new(&model, tok, &prompt, &opts, stop_ids, stops)?;
         let mut answer = String::new();
         generating.store(true, Ordering::SeqCst);

@@ -4,7 +4,7 @@ use crate::out::outln;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use scratchllm_fetch::judge::{Item, Judge};
-use scratchllm_model::{Gpt, PromptStyle};
+use scratchllm_model::PromptStyle;
 use scratchllm_train::instruct::{read_entries, response_loss};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,12 +50,9 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     }
     let entries = read_entries(&a.responses, &[])?;
     if let Some(dir) = &a.model {
-        let files = crate::model::load_model(&dir.display().to_string(), 0)?;
-        let style = a
-            .prompt_style
-            .or(files.prompt_style)
-            .unwrap_or(PromptStyle::Alpaca);
-        let gpt = Gpt::new(&files.config, &files.weights)?;
+        let mut files = crate::model::load_model(&dir.display().to_string(), 0)?;
+        let style = PromptStyle::for_model(a.prompt_style.or(files.prompt_style), &files.tokenizer);
+        let gpt = crate::model::build_model(&mut files, Some(crate::model::WeightDtype::F32))?;
         let loss = response_loss(&gpt, &files.tokenizer, style, &entries, 8)?;
         outln!(
             "reference responses: loss {loss:.4}, perplexity {:.2} ({} entries, {} prompts)",

@@ -372,7 +372,7 @@ fn classifier_dir(path: &Path) -> PathBuf {
 
 pub fn predict_run(a: PredictArgs) -> Result<()> {
     let dir = classifier_dir(&a.model);
-    let files = crate::model::load_model(&dir.display().to_string(), 0)?;
+    let mut files = crate::model::load_model(&dir.display().to_string(), 0)?;
     let Some(classes) = files.config.num_classes else {
         bail!(
             "{} is a language model, not a classifier; make one with `scratchllm finetune classify`",
@@ -385,13 +385,10 @@ pub fn predict_run(a: PredictArgs) -> Result<()> {
         token_position: TokenPosition::Last,
         average_embeddings: false,
         max_length: files.config.context_length,
-        pad_id: files
-            .tokenizer
-            .special_id(scratchllm_tokenizer::ENDOFTEXT)
-            .unwrap_or(0),
+        pad_id: files.tokenizer.end_of_text().map(|r| r.id).unwrap_or(0),
     });
     spec.validate(files.config.context_length)?;
-    let gpt = scratchllm_model::Gpt::new(&files.config, &files.weights)?;
+    let gpt = crate::model::build_model(&mut files, None)?;
     let texts: Vec<String> = if a.texts.is_empty() {
         std::io::stdin()
             .lock()

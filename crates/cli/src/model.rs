@@ -4,10 +4,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use scratchllm_model::{generate::GenerateOptions, modeldir, Gpt, GptConfig, ModelFiles, Weights};
-use scratchllm_tokenizer::{SpecialMode, StreamDecoder, ENDOFTEXT};
+use scratchllm_tokenizer::{SpecialMode, StreamDecoder};
 use std::path::PathBuf;
 
-/// Loads a model directory/file of any layout, or a preset with random weights.
 /// How a model's weight matrices are stored for inference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightDtype {
@@ -16,17 +15,27 @@ pub enum WeightDtype {
     Bf16,
 }
 
-/// The model of `files` with its matrices stored as `dtype` (bf16: `files` then holds the bf16
-/// weights too, so the f32 matrices are freed).
-pub fn build_model(files: &mut ModelFiles, dtype: WeightDtype) -> Result<Gpt> {
-    if dtype == WeightDtype::Bf16 {
-        files.weights = files.weights.matrices_to(candle_core::DType::BF16)?;
-    }
+/// The help of inference commands' `--dtype`.
+pub const DTYPE_HELP: &str = "Weight matrices in f32 or bf16 [default: bf16 for a model stored in \
+    bf16 (half the memory and the bytes read per token, the published models' own precision), f32 \
+    otherwise]; norms, biases and activations are f32 either way. f32 from a bf16 file computes \
+    with the exact stored values widened (what transformers does in float32).";
+
+/// The model of `files` with its matrices stored as `dtype` (default: as the file stores them, see
+/// [`DTYPE_HELP`]); `files` then holds those weights, so no second copy stays.
+pub fn build_model(files: &mut ModelFiles, dtype: Option<WeightDtype>) -> Result<Gpt> {
+    let bf16 = match dtype {
+        Some(d) => d == WeightDtype::Bf16,
+        None => files.weights.stores_bf16(),
+    };
+    let weights = std::mem::replace(&mut files.weights, Weights::new(Default::default(), ""));
+    files.weights = weights.for_inference(bf16)?;
     Ok(Gpt::new(&files.config, &files.weights)?)
 }
 
+/// Loads a model directory/file of any layout (in its stored dtypes), or a preset with random weights.
 pub fn load_model(spec: &str, seed: u64) -> Result<ModelFiles> {
-    modeldir::load_or_preset(spec, seed, &Device::Cpu)
+    modeldir::load_or_preset_stored(spec, seed, &Device::Cpu)
         .with_context(|| format!("loading model {spec:?}"))
 }
 
@@ -184,8 +193,8 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, default_value = "text")]
     format: GenFormat,
     /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
-    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
-    dtype: WeightDtype,
+    #[arg(long, value_enum, help = DTYPE_HELP)]
+    dtype: Option<WeightDtype>,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -215,7 +224,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         stop_id: if a.ignore_eos {
             None
         } else {
-            tok.special_id(ENDOFTEXT)
+            tok.end_of_text().map(|r| r.id)
         },
         use_cache: !a.no_kv_cache,
     };

@@ -24,15 +24,22 @@ pub struct PretrainArgs {
     data: Vec<PathBuf>,
     #[command(flatten)]
     out: OutArgs,
-    /// A preset (gpt2-tiny ... gpt2-xl; trained without qkv bias and with a separate head, as the book).
+    /// A preset: gpt2-tiny ... gpt2-xl (trained without qkv bias and with a separate head, as the
+    /// book), llama3-tiny, qwen3-tiny, gemma3-tiny, llama3.2-1b, qwen3-0.6b, gemma3-270m (as published).
     #[arg(long, default_value = "gpt2-small")]
     model: String,
+    /// The tokenizer of a model trained from scratch (a file or directory `tokenize` reads, e.g. one
+    /// `tokenizer train` made) [default: GPT-2's]; the model's vocabulary takes its size.
+    #[arg(long, value_name = "TOKENIZER", conflicts_with = "init")]
+    tokenizer: Option<PathBuf>,
     /// A JSON model configuration (the book's GPT_CONFIG keys; a {"config": {...}} file works too).
     #[arg(long, value_name = "FILE")]
     model_config: Option<PathBuf>,
     /// Start from these weights (any layout `generate` reads) instead of random ones.
     #[arg(long, value_name = "WEIGHTS")]
     init: Option<PathBuf>,
+    /// Tokens per training window: the model's context length, or with --init the window
+    /// trained on (at most the model's context) [default: the model's context length].
     #[arg(long)]
     context_length: Option<usize>,
     /// Window step in tokens [default: the context length].
@@ -60,22 +67,41 @@ fn model_config(a: &PretrainArgs) -> Result<GptConfig> {
     } else if let Some(init) = &a.init {
         scratchllm_model::modeldir::load(init, &candle_core::Device::Cpu)?.config
     } else {
-        let preset =
-            GptConfig::preset(&a.model).with_context(|| format!("unknown preset {:?}", a.model))?;
-        // The book trains from scratch without query/key/value biases and with a separate head.
-        GptConfig {
-            qkv_bias: false,
-            tie_embeddings: false,
-            ..preset
+        let preset = GptConfig::preset(&a.model).with_context(|| {
+            format!(
+                "unknown preset {:?} (presets: {})",
+                a.model,
+                scratchllm_model::PRESETS.join(", ")
+            )
+        })?;
+        if preset.arch.is_decoder() {
+            preset
+        } else {
+            // The book trains GPT-2 from scratch without query/key/value biases and with a
+            // separate head.
+            GptConfig {
+                qkv_bias: false,
+                tie_embeddings: false,
+                ..preset
+            }
         }
     };
-    if let Some(ctx) = a.context_length {
-        if a.init.is_some() && ctx != cfg.context_length {
+    if let Some(path) = &a.tokenizer {
+        let tok = scratchllm_tokenizer::load(&path.display().to_string())
+            .with_context(|| format!("loading tokenizer {}", path.display()))?;
+        if a.model_config.is_some() && tok.vocab_size() > cfg.vocab_size {
             bail!(
-                "--context-length {ctx} differs from the initial weights' {}",
-                cfg.context_length
+                "the tokenizer {} has {} tokens, more than the configuration's vocab_size {}",
+                path.display(),
+                tok.vocab_size(),
+                cfg.vocab_size
             );
         }
+        if a.model_config.is_none() {
+            cfg.vocab_size = tok.vocab_size();
+        }
+    }
+    if let (Some(ctx), None) = (a.context_length, &a.init) {
         cfg.context_length = ctx;
     }
     cfg.validate()?;
@@ -86,9 +112,15 @@ fn config(a: &PretrainArgs) -> Result<PretrainConfig> {
     let model = model_config(a)?;
     Ok(PretrainConfig {
         version: 1,
-        stride: a.stride.unwrap_or(model.context_length),
+        stride: a
+            .stride
+            .or(a.context_length)
+            .unwrap_or(model.context_length),
+        // From initial weights, --context-length is the training window (at most the model's).
+        window: a.context_length.filter(|_| a.init.is_some()),
         model,
         init: a.init.clone(),
+        tokenizer: a.tokenizer.clone(),
         data: a.data.clone(),
         train_fraction: a.train_fraction,
         shuffle: !a.no_shuffle,

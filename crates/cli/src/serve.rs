@@ -36,8 +36,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     max_active: usize,
     /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
-    #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
-    dtype: crate::model::WeightDtype,
+    #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
+    dtype: Option<crate::model::WeightDtype>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -58,7 +58,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         default_max_tokens: a.default_max_tokens.min(a.max_tokens_limit),
         max_queue: a.max_queue,
         max_active: a.max_active,
-        bf16_weights: a.dtype == crate::model::WeightDtype::Bf16,
+        bf16_weights: a.dtype.map(|d| d == crate::model::WeightDtype::Bf16),
         ..ServeOptions::new(a.model)
     };
     scratchllm_serve::run(opts).map_err(|e| anyhow!(e))

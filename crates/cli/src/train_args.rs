@@ -252,16 +252,19 @@ impl SplitArgs {
 }
 
 /// The help of every `--prompt-style` flag.
-pub const PROMPT_STYLE_HELP: &str =
-    "Prompt template: alpaca (the book), phi3 (exercise 7.1) or plain (no template)";
+pub const PROMPT_STYLE_HELP: &str = "Prompt template: alpaca (the book), phi3 (exercise 7.1), \
+    plain (no template) or template (the model's own chat template, from its tokenizer files)";
 
 /// The help of `--prompt-style` where the model's own style is the default.
-pub const MODEL_PROMPT_STYLE_HELP: &str = "Prompt template: alpaca (the book), phi3 (exercise 7.1) or plain (no template) [default: the model's own, else alpaca]";
+pub const MODEL_PROMPT_STYLE_HELP: &str =
+    "Prompt template: alpaca (the book), phi3 (exercise 7.1), \
+    plain (no template) or template (the model's own chat template) [default: the style the model \
+    was tuned with, else its chat template when its tokenizer has one, else alpaca]";
 
 /// Parses a prompt style name (every `--prompt-style` flag uses this).
 pub fn prompt_style(s: &str) -> Result<PromptStyle, String> {
     PromptStyle::parse(s)
-        .ok_or_else(|| format!("unknown prompt style {s:?} (alpaca, phi3 or plain)"))
+        .ok_or_else(|| format!("unknown prompt style {s:?} (alpaca, phi3, plain or template)"))
 }
 
 /// A JSON model configuration: the book's GPT_CONFIG keys, or a `{"config": {...}}` (or

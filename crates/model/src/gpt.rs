@@ -1,4 +1,6 @@
-//! The GPT-2 model of the book's chapter 4 (and of nanoGPT / OpenAI's `model.py`).
+//! The model: GPT-2 of the book's chapter 4 (and of nanoGPT / OpenAI's `model.py`), and the one
+//! interface every architecture is used through ([`Gpt`]: embeddings, blocks, final norm, head,
+//! forward with positions and a KV cache, hidden states). The decoders' blocks are in `decoder.rs`.
 //!
 //! Dimension letters, used in every shape comment: B batch, T new tokens, Tk keys (cached + new),
 //! C = emb_dim, nh = n_heads, hs = C / nh, V = vocab_size.
@@ -7,6 +9,7 @@
 //! backward in candle (our own LayerNorm and the composed softmax; candle-nn's fused `layer_norm` and
 //! `softmax_last_dim` would silently stop gradients), so the same model trains.
 use crate::config::GptConfig;
+use crate::decoder::{DecoderBlock, RmsNorm, Rope};
 use crate::error::Result;
 use crate::lora::LoraSpec;
 use crate::weights::Weights;
@@ -41,7 +44,7 @@ impl DropoutRng {
 }
 
 /// Dropout, active only when a generator is given (training mode).
-fn dropout(x: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
+pub(crate) fn dropout(x: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
     match rng {
         Some(rng) if p > 0.0 => Ok(crate::kernels::dropout(x, rng.next(p))?),
         _ => Ok(x.clone()),
@@ -49,7 +52,7 @@ fn dropout(x: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
 }
 
 /// The residual connection `x + dropout(h)`.
-fn residual(x: &Tensor, h: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
+pub(crate) fn residual(x: &Tensor, h: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
     match rng {
         Some(rng) if p > 0.0 => Ok(crate::kernels::add_dropout(x, h, rng.next(p))?),
         _ => Ok((x + h)?),
@@ -156,7 +159,7 @@ fn adapter(
     Ok(Some((a, b, spec.scale())))
 }
 
-fn linear(
+pub(crate) fn linear(
     w: &Weights,
     name: &str,
     out_dim: usize,
@@ -226,7 +229,12 @@ impl KvCache {
 
     /// Writes this step's keys and values (B, T, C) for `layer` after the cached positions;
     /// returns the buffers (B, capacity, C), whose first `len() + T` positions are valid.
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t, c) = k.dims3()?;
         let need = self.len + t;
         let cap = self.layers[layer].as_ref().map_or(0, |(k, _)| k.dims()[1]);
@@ -380,14 +388,47 @@ impl TransformerBlock {
     }
 }
 
-/// The GPT model (the book's `GPTModel`).
+/// The blocks of each architecture.
+#[derive(Clone, Debug)]
+enum Blocks {
+    Gpt2(Vec<TransformerBlock>),
+    Decoder(Vec<DecoderBlock>, Rope),
+}
+
+/// The final norm of each architecture.
+#[derive(Clone, Debug)]
+enum FinalNorm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl FinalNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            FinalNorm::Layer(n) => n.forward(x),
+            FinalNorm::Rms(n) => n.forward(x),
+        }
+    }
+
+    /// The dtype activations take: the norms' (matrices may be stored narrower).
+    fn dtype(&self) -> DType {
+        match self {
+            FinalNorm::Layer(n) => n.scale.dtype(),
+            FinalNorm::Rms(n) => n.weight.dtype(),
+        }
+    }
+}
+
+/// A causal language model of any architecture (the book's `GPTModel`, and its bonus chapters'
+/// `Llama3Model`, `Qwen3Model`, `Gemma3Model`), or a classifier built on one.
 #[derive(Clone, Debug)]
 pub struct Gpt {
     cfg: GptConfig,
     tok_emb: Embedding,
-    pos_emb: Embedding,
-    trf_blocks: Vec<TransformerBlock>,
-    final_norm: LayerNorm,
+    /// Learned positions (GPT-2); the decoders rotate queries and keys instead.
+    pos_emb: Option<Embedding>,
+    blocks: Blocks,
+    final_norm: FinalNorm,
     out_head: Lin,
     /// Where the weights came from, to name the model in errors about its outputs.
     source: String,
@@ -413,13 +454,31 @@ impl Gpt {
             },
             None => linear(w, "out_head", v, c, false, lora)?,
         };
+        let (pos_emb, blocks, final_norm) = if cfg.arch.is_decoder() {
+            let blocks = (0..cfg.n_layers)
+                .map(|i| DecoderBlock::load(w, i, cfg, lora))
+                .collect::<Result<_>>()?;
+            (
+                None,
+                Blocks::Decoder(blocks, Rope::new(cfg)),
+                FinalNorm::Rms(RmsNorm::load(w, "final_norm", c, cfg)?),
+            )
+        } else {
+            let pos = w.get("pos_emb.weight", &[cfg.context_length, c])?;
+            let blocks = (0..cfg.n_layers)
+                .map(|i| TransformerBlock::load(w, i, cfg, lora))
+                .collect::<Result<_>>()?;
+            (
+                Some(Embedding::new(pos, c)),
+                Blocks::Gpt2(blocks),
+                FinalNorm::Layer(LayerNorm::load(w, "final_norm", c)?),
+            )
+        };
         Ok(Gpt {
             tok_emb: Embedding::new(tok, c),
-            pos_emb: Embedding::new(w.get("pos_emb.weight", &[cfg.context_length, c])?, c),
-            trf_blocks: (0..cfg.n_layers)
-                .map(|i| TransformerBlock::load(w, i, cfg, lora))
-                .collect::<Result<_>>()?,
-            final_norm: LayerNorm::load(w, "final_norm", c)?,
+            pos_emb,
+            blocks,
+            final_norm,
             out_head,
             cfg: cfg.clone(),
             source: w.source().to_string(),
@@ -483,17 +542,29 @@ impl Gpt {
                 self.cfg.context_length
             )));
         }
-        let pos = Tensor::arange(offset as u32, (offset + t) as u32, idx.device())?;
         // Activations take the norms' dtype; matrices may be stored narrower (bf16 weights).
-        let act = self.final_norm.scale.dtype();
-        let x = self
-            .tok_emb
-            .forward(idx)?
-            .to_dtype(act)?
-            .broadcast_add(&self.pos_emb.forward(&pos)?.to_dtype(act)?)?; // (B, T, C)
+        let act = self.final_norm.dtype();
+        let mut x = self.tok_emb.forward(idx)?.to_dtype(act)?; // (B, T, C)
+        if let Some(pos_emb) = &self.pos_emb {
+            let pos = Tensor::arange(offset as u32, (offset + t) as u32, idx.device())?;
+            x = x.broadcast_add(&pos_emb.forward(&pos)?.to_dtype(act)?)?;
+        }
+        if let Some(s) = crate::decoder::embedding_scale(&self.cfg, act) {
+            x = (x * s)?;
+        }
         let mut x = dropout(&x, self.cfg.drop_rate, train)?;
-        for (i, block) in self.trf_blocks.iter().enumerate() {
-            x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;
+        match &self.blocks {
+            Blocks::Gpt2(blocks) => {
+                for (i, block) in blocks.iter().enumerate() {
+                    x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;
+                }
+            }
+            Blocks::Decoder(blocks, rope) => {
+                let pos = rope.positions(offset, t, idx.device())?;
+                for (i, block) in blocks.iter().enumerate() {
+                    x = block.forward(&x, &pos, cache.as_deref_mut().map(|c| (c, i)), train)?;
+                }
+            }
         }
         if let Some(cache) = cache {
             cache.advance(t);

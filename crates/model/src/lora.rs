@@ -15,16 +15,58 @@ use std::collections::HashMap;
 pub const A: &str = "lora_A";
 pub const B: &str = "lora_B";
 
-/// Which linear layers get adapters.
+/// What a linear layer does, in every architecture: LoRA, freezing and quantization name layers by
+/// role, not by one architecture's tensor names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Query,
+    Key,
+    Value,
+    /// The attention's output projection.
+    Output,
+    /// The gated feed-forward's gate (decoders; GPT-2 has none).
+    Gate,
+    /// The feed-forward's widening layer (GPT-2's `c_fc`, the decoders' up projection).
+    Up,
+    /// The feed-forward's narrowing layer.
+    Down,
+    Head,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Query => "query",
+            Role::Key => "key",
+            Role::Value => "value",
+            Role::Output => "output",
+            Role::Gate => "gate",
+            Role::Up => "up",
+            Role::Down => "down",
+            Role::Head => "head",
+        }
+    }
+}
+
+/// Which linear layers get adapters: a group of roles, or one role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Query, key, value and output projections of every attention block.
     Attention,
-    /// Both layers of every feed-forward block.
+    /// Every layer of every feed-forward block.
     FeedForward,
     /// The output head.
     Head,
+    /// One role in every block.
+    Query,
+    Key,
+    Value,
+    Output,
+    Gate,
+    Up,
+    Down,
 }
 
 impl Target {
@@ -35,7 +77,32 @@ impl Target {
             "attention" | "att" => Some(Target::Attention),
             "feed-forward" | "ff" => Some(Target::FeedForward),
             "head" => Some(Target::Head),
+            "query" | "q" => Some(Target::Query),
+            "key" | "k" => Some(Target::Key),
+            "value" | "v" => Some(Target::Value),
+            "output" | "o" => Some(Target::Output),
+            "gate" => Some(Target::Gate),
+            "up" => Some(Target::Up),
+            "down" => Some(Target::Down),
             _ => None,
+        }
+    }
+
+    /// Whether layers of `role` are adapted.
+    pub fn covers(self, role: Role) -> bool {
+        match self {
+            Target::Attention => {
+                matches!(role, Role::Query | Role::Key | Role::Value | Role::Output)
+            }
+            Target::FeedForward => matches!(role, Role::Gate | Role::Up | Role::Down),
+            Target::Head => role == Role::Head,
+            Target::Query => role == Role::Query,
+            Target::Key => role == Role::Key,
+            Target::Value => role == Role::Value,
+            Target::Output => role == Role::Output,
+            Target::Gate => role == Role::Gate,
+            Target::Up => role == Role::Up,
+            Target::Down => role == Role::Down,
         }
     }
 }
@@ -73,6 +140,22 @@ impl LoraSpec {
     /// Trainers call this before any work starts; [`init`] calls it too.
     pub fn validate_for(&self, cfg: &GptConfig) -> Result<()> {
         self.validate()?;
+        let layers = linear_layers(cfg);
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| !layers.iter().any(|l| t.covers(l.3)))
+        {
+            let mut roles: Vec<&str> = layers.iter().map(|l| l.3.name()).collect();
+            roles.dedup();
+            roles.sort_unstable();
+            roles.dedup();
+            return Err(ModelError::Config(format!(
+                "LoRA target {t:?} names no layer of this {} model (its layers' roles: {})",
+                cfg.arch.name(),
+                roles.join(", ")
+            )));
+        }
         let narrow = self.adapted(cfg).find(|&(_, _, in_dim)| self.rank > in_dim);
         if let Some((name, out_dim, in_dim)) = narrow {
             return Err(ModelError::Config(format!(
@@ -95,24 +178,49 @@ impl LoraSpec {
     fn adapted(&self, cfg: &GptConfig) -> impl Iterator<Item = (String, usize, usize)> + '_ {
         linear_layers(cfg)
             .into_iter()
-            .filter(|(_, _, _, target)| self.targets.contains(target))
+            .filter(|(_, _, _, role)| self.adapts(*role))
             .map(|(name, out_dim, in_dim, _)| (name, out_dim, in_dim))
+    }
+
+    /// Whether layers of `role` get adapters.
+    pub fn adapts(&self, role: Role) -> bool {
+        self.targets.iter().any(|t| t.covers(role))
     }
 }
 
-/// The linear layers of a model: (name, out, in, target).
-pub fn linear_layers(cfg: &GptConfig) -> Vec<(String, usize, usize, Target)> {
+/// The linear layers of a model: (name, out, in, role).
+pub fn linear_layers(cfg: &GptConfig) -> Vec<(String, usize, usize, Role)> {
     let c = cfg.emb_dim;
     let mut out = Vec::new();
     for i in 0..cfg.n_layers {
         let p = format!("trf_blocks.{i}");
-        for m in ["W_query", "W_key", "W_value", "out_proj"] {
-            out.push((format!("{p}.att.{m}"), c, c, Target::Attention));
+        if cfg.arch.is_decoder() {
+            let (q, kv, h) = (
+                cfg.n_heads * cfg.head_dim(),
+                cfg.kv_heads() * cfg.head_dim(),
+                cfg.ff_dim(),
+            );
+            out.push((format!("{p}.att.W_query"), q, c, Role::Query));
+            out.push((format!("{p}.att.W_key"), kv, c, Role::Key));
+            out.push((format!("{p}.att.W_value"), kv, c, Role::Value));
+            out.push((format!("{p}.att.out_proj"), c, q, Role::Output));
+            out.push((format!("{p}.ff.fc1"), h, c, Role::Gate));
+            out.push((format!("{p}.ff.fc2"), h, c, Role::Up));
+            out.push((format!("{p}.ff.fc3"), c, h, Role::Down));
+            continue;
         }
-        out.push((format!("{p}.ff.layers.0"), 4 * c, c, Target::FeedForward));
-        out.push((format!("{p}.ff.layers.2"), c, 4 * c, Target::FeedForward));
+        for (m, role) in [
+            ("W_query", Role::Query),
+            ("W_key", Role::Key),
+            ("W_value", Role::Value),
+            ("out_proj", Role::Output),
+        ] {
+            out.push((format!("{p}.att.{m}"), c, c, role));
+        }
+        out.push((format!("{p}.ff.layers.0"), 4 * c, c, Role::Up));
+        out.push((format!("{p}.ff.layers.2"), c, 4 * c, Role::Down));
     }
-    out.push(("out_head".into(), cfg.out_dim(), c, Target::Head));
+    out.push(("out_head".into(), cfg.out_dim(), c, Role::Head));
     out
 }
 
@@ -134,8 +242,8 @@ pub fn init(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let bound = 1.0 / (spec.rank as f32).sqrt();
     let mut out = HashMap::new();
-    for (name, out_dim, in_dim, target) in linear_layers(cfg) {
-        if !spec.targets.contains(&target) {
+    for (name, out_dim, in_dim, role) in linear_layers(cfg) {
+        if !spec.adapts(role) {
             continue;
         }
         let a: Vec<f32> = (0..in_dim * spec.rank)

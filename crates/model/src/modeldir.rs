@@ -55,9 +55,30 @@ struct OurConfigFile {
     prompt_style: Option<PromptStyle>,
 }
 
-/// Loads a model from a directory or `.safetensors` file of any supported layout.
+/// Loads a model from a directory or `.safetensors` file of any supported layout, every tensor in
+/// f32 (what training and the exact paths compute in; a bf16 file is widened tensor by tensor).
 pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
-    let files = load_any(path, device)?;
+    load_with(path, None, device)
+}
+
+/// [`load`]; a file that carries no configuration (the book's safetensors) takes `config` when
+/// given, instead of one read off its tensor shapes (which cannot tell the number of heads).
+pub fn load_with(path: &Path, config: Option<&GptConfig>, device: &Device) -> Result<ModelFiles> {
+    let mut files = load_stored_with(path, config, device)?;
+    let source = files.weights.source().to_string();
+    let tensors = weights::all_f32(files.weights.into_tensors())?;
+    files.weights = Weights::new(tensors, source);
+    Ok(files)
+}
+
+/// [`load`], with every tensor in the dtype the file stores it in (a bf16 model stays bf16: it is
+/// never copied to f32 as a whole). Inference picks its dtype from here.
+pub fn load_stored(path: &Path, device: &Device) -> Result<ModelFiles> {
+    load_stored_with(path, None, device)
+}
+
+fn load_stored_with(path: &Path, given: Option<&GptConfig>, device: &Device) -> Result<ModelFiles> {
+    let files = load_any(path, given, device)?;
     // Every layout's numbers are checked here, so `model info` refuses what `Gpt::new` would.
     files
         .config
@@ -66,7 +87,7 @@ pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
     Ok(files)
 }
 
-fn load_any(path: &Path, device: &Device) -> Result<ModelFiles> {
+fn load_any(path: &Path, given: Option<&GptConfig>, device: &Device) -> Result<ModelFiles> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -75,7 +96,7 @@ fn load_any(path: &Path, device: &Device) -> Result<ModelFiles> {
         Err(e) => return Err(ModelError::io(path, e)),
     };
     if meta.is_file() {
-        return load_book(path, path.parent().unwrap_or(Path::new(".")), device);
+        return load_book(path, path.parent().unwrap_or(Path::new(".")), given, device);
     }
     if !meta.is_dir() {
         return Err(ModelError::file(
@@ -107,15 +128,29 @@ fn load_any(path: &Path, device: &Device) -> Result<ModelFiles> {
         if cfg.get("format").and_then(Value::as_str) == Some(MODEL_FORMAT) {
             return load_ours(path, device);
         }
-        if cfg.get("n_embd").is_some() && has("model.safetensors") {
+        let model_type = cfg.get("model_type").and_then(Value::as_str);
+        if let Some(arch) = model_type.and_then(crate::hf::decoder_arch) {
+            return load_hf_decoder(path, &cfg, arch, device);
+        }
+        let weights_here = has("model.safetensors") || has("model.safetensors.index.json");
+        if cfg.get("n_embd").is_some() && weights_here {
             return load_hf(path, &cfg, device);
+        }
+        if let Some(t) = model_type.filter(|_| weights_here) {
+            return Err(ModelError::file(
+                &path.join("config.json"),
+                format!(
+                    "model_type {t:?} is not an architecture scratchllm computes (it reads {})",
+                    crate::hf::MODEL_TYPES
+                ),
+            ));
         }
     }
     if has("hparams.json") {
         return load_openai(path, device);
     }
     if has("model.safetensors") {
-        return load_book(&path.join("model.safetensors"), path, device);
+        return load_book(&path.join("model.safetensors"), path, given, device);
     }
     let mut found: Vec<String> = std::fs::read_dir(path)
         .map_err(|e| ModelError::io(path, e))?
@@ -182,12 +217,14 @@ fn load_ours(dir: &Path, device: &Device) -> Result<ModelFiles> {
             format!("format version {} but this scratchllm reads version {MODEL_FORMAT_VERSION}; use a matching scratchllm", file.version),
         ));
     }
-    if file.architecture != "gpt2" {
+    if file.architecture != file.model.arch.name() {
         return Err(ModelError::file(
             &path,
             format!(
-                "architecture {:?} is not supported (gpt2)",
-                file.architecture
+                "architecture {:?} does not match the model's arch {:?} (scratchllm computes {})",
+                file.architecture,
+                file.model.arch.name(),
+                crate::config::Arch::ALL.map(|a| a.name()).join(", ")
             ),
         ));
     }
@@ -250,12 +287,8 @@ fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
     }
     check_layer_norm_epsilon(cfg, &cpath)?;
     let n_layers = usize_field(cfg, "n_layer", &cpath)?;
-    let st = dir.join("model.safetensors");
-    let (tensors, tied) = weights::from_hf(
-        weights::read_safetensors(&st, device)?,
-        n_layers,
-        &st.display().to_string(),
-    )?;
+    let (tensors, st) = weights::read_hf_weights(dir, device)?;
+    let (tensors, tied) = weights::from_hf(tensors, n_layers, &st)?;
     let config = GptConfig {
         vocab_size: usize_field(cfg, "vocab_size", &cpath)?,
         context_length: usize_field(cfg, "n_positions", &cpath)?,
@@ -268,11 +301,31 @@ fn load_hf(dir: &Path, cfg: &Value, device: &Device) -> Result<ModelFiles> {
             .unwrap_or(0.1) as f32,
         qkv_bias: true,
         tie_embeddings: tied,
-        num_classes: None,
+        ..Default::default()
     };
     Ok(ModelFiles {
         config,
-        weights: Weights::new(tensors, st.display().to_string()),
+        weights: Weights::new(tensors, st),
+        tokenizer: tokenizer_in(dir)?,
+        layout: Layout::HuggingFace,
+        classifier: None,
+        prompt_style: None,
+    })
+}
+
+/// A Hugging Face Llama, Qwen2/3 or Gemma 3 directory (`hf.rs` reads its config.json and names).
+fn load_hf_decoder(
+    dir: &Path,
+    cfg: &Value,
+    arch: crate::config::Arch,
+    device: &Device,
+) -> Result<ModelFiles> {
+    let config = crate::hf::config_from_hf(cfg, arch, &dir.join("config.json"))?;
+    let (tensors, source) = weights::read_hf_weights(dir, device)?;
+    let tensors = crate::hf::from_hf(tensors, &config, &source)?;
+    Ok(ModelFiles {
+        config,
+        weights: Weights::new(tensors, source),
         tokenizer: tokenizer_in(dir)?,
         layout: Layout::HuggingFace,
         classifier: None,
@@ -294,7 +347,7 @@ fn load_openai(dir: &Path, device: &Device) -> Result<ModelFiles> {
         drop_rate: 0.1,
         qkv_bias: true,
         tie_embeddings: true,
-        num_classes: None,
+        ..Default::default()
     };
     config.validate()?;
     let index = checkpoint_index(dir)?;
@@ -344,10 +397,26 @@ fn heads_for(emb_dim: usize) -> Option<usize> {
 
 /// The book's safetensors (`torch.save`d `state_dict` converted): the configuration is read off the
 /// tensor shapes; the number of heads comes from GPT-2's sizes.
-fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
+fn load_book(
+    file: &Path,
+    dir: &Path,
+    given: Option<&GptConfig>,
+    device: &Device,
+) -> Result<ModelFiles> {
     let tensors = weights::read_safetensors(file, device)?;
     if !tensors.contains_key("tok_emb.weight") {
         return Err(not_the_books_layout(file, dir, &tensors));
+    }
+    if let Some(config) = given {
+        // The weights are checked against it when the model is built.
+        return Ok(ModelFiles {
+            config: config.clone(),
+            weights: Weights::new(tensors, file.display().to_string()),
+            tokenizer: tokenizer_in(dir)?,
+            layout: Layout::Book,
+            classifier: None,
+            prompt_style: None,
+        });
     }
     let shape = |n: &str| {
         tensors
@@ -372,7 +441,10 @@ fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
     let n_heads = heads_for(emb_dim).ok_or_else(|| {
         ModelError::file(
             file,
-            format!("cannot tell the number of heads for emb_dim {emb_dim}; convert with a config"),
+            format!(
+                "holds no configuration, and its width emb_dim {emb_dim} is none of GPT-2's, so its \
+                 number of heads cannot be known; give the configuration (--model-config FILE)"
+            ),
         )
     })?;
     let config = GptConfig {
@@ -389,6 +461,7 @@ fn load_book(file: &Path, dir: &Path, device: &Device) -> Result<ModelFiles> {
             .get("out_head.weight")
             .map(|t| t.dims()[0])
             .filter(|&n| n != vocab_size),
+        ..Default::default()
     };
     Ok(ModelFiles {
         config,
@@ -439,6 +512,14 @@ fn not_the_books_layout(file: &Path, dir: &Path, tensors: &HashMap<String, Tenso
              (model.safetensors with tok_emb.weight); {what}"
         ),
     )
+}
+
+/// [`load_or_preset`], keeping the stored dtypes (see [`load_stored`]).
+pub fn load_or_preset_stored(spec: &str, seed: u64, device: &Device) -> Result<ModelFiles> {
+    match GptConfig::preset(spec) {
+        Some(_) if !Path::new(spec).exists() => load_or_preset(spec, seed, device),
+        _ => load_stored(Path::new(spec), device),
+    }
 }
 
 /// A preset with random weights, or a model path.
@@ -492,7 +573,7 @@ pub fn save_with(
     let file = OurConfigFile {
         format: MODEL_FORMAT.into(),
         version: MODEL_FORMAT_VERSION,
-        architecture: "gpt2".into(),
+        architecture: config.arch.name().into(),
         model: config.clone(),
         classifier: meta.classifier.clone(),
         prompt_style: meta.prompt_style,
@@ -637,6 +718,9 @@ pub fn export_hf(
     tokenizer: &Tokenizer,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    if config.arch.is_decoder() {
+        return export_hf_decoder(dir, config, tensors, tokenizer);
+    }
     weights::write_safetensors(
         &weights::to_hf(tensors, config)?,
         &dir.join("model.safetensors"),
@@ -672,5 +756,40 @@ pub fn export_hf(
     write_json(
         &dir.join("generation_config.json"),
         &json!({"bos_token_id": eos, "eos_token_id": eos}),
+    )
+}
+
+/// Exports a Hugging Face Llama, Qwen3 or Gemma 3 directory (`config.json` in transformers 4's
+/// form, `model.safetensors` with Hugging Face's names, the tokenizer's files).
+fn export_hf_decoder(
+    dir: &Path,
+    config: &GptConfig,
+    tensors: &HashMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    if config.num_classes.is_some() {
+        return Err(ModelError::Config(
+            "a classifier has no Hugging Face causal-LM form; export the language model it was \
+             tuned from"
+                .into(),
+        ));
+    }
+    weights::write_safetensors(
+        &crate::hf::to_hf(tensors, config)?,
+        &dir.join("model.safetensors"),
+    )?;
+    tk::formats::save_hf_tokenizer_json(tokenizer, &dir.join("tokenizer.json"))?;
+    if let Some(tc) = tk::meta::tokenizer_config(tokenizer) {
+        write_json(&dir.join("tokenizer_config.json"), &tc)?;
+    }
+    let stops = tokenizer.stop_ids();
+    let eos = stops.first().copied().unwrap_or(0);
+    write_json(
+        &dir.join("config.json"),
+        &crate::hf::config_to_hf(config, eos),
+    )?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &json!({"bos_token_id": eos, "eos_token_id": stops}),
     )
 }

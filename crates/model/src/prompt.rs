@@ -1,5 +1,7 @@
 //! Prompt styles: how instructions and chat turns become the text an instruction-tuned model was
-//! trained on (the book's chapter 7: Alpaca's template, and Phi-3's in its exercise 7.1).
+//! trained on (the book's chapter 7: Alpaca's template, and Phi-3's in its exercise 7.1), or the
+//! model's own chat template (Llama 3's, Qwen3's, Gemma 3's, shipped with its tokenizer).
+use scratchllm_tokenizer::{template::ChatOptions, SpecialMode, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 /// A prompt template.
@@ -12,6 +14,10 @@ pub enum PromptStyle {
     Phi3,
     /// No template: the messages' contents joined by newlines (base models).
     Plain,
+    /// The model's own chat template (`chat_template` in its tokenizer_config.json, rendered as
+    /// transformers' `apply_chat_template` with the generation prompt); its special tokens are
+    /// encoded as such, and generation stops at its end-of-turn tokens.
+    Template,
 }
 
 impl PromptStyle {
@@ -20,6 +26,7 @@ impl PromptStyle {
             "alpaca" => Some(PromptStyle::Alpaca),
             "phi3" => Some(PromptStyle::Phi3),
             "plain" => Some(PromptStyle::Plain),
+            "template" => Some(PromptStyle::Template),
             _ => None,
         }
     }
@@ -29,7 +36,59 @@ impl PromptStyle {
             PromptStyle::Alpaca => "alpaca",
             PromptStyle::Phi3 => "phi3",
             PromptStyle::Plain => "plain",
+            PromptStyle::Template => "template",
         }
+    }
+
+    /// The style for a model: the one it was tuned with, else its tokenizer's chat template when
+    /// it has one, else Alpaca (the book's).
+    pub fn for_model(recorded: Option<PromptStyle>, tok: &Tokenizer) -> PromptStyle {
+        recorded.unwrap_or(if tok.meta().templates.is_empty() {
+            PromptStyle::Alpaca
+        } else {
+            PromptStyle::Template
+        })
+    }
+
+    /// The token ids of a conversation's prompt, ending where the assistant's answer begins.
+    pub fn encode_chat(self, tok: &Tokenizer, messages: &[Message]) -> crate::Result<Vec<u32>> {
+        if self != PromptStyle::Template {
+            return Ok(tok.encode(&self.chat(messages), SpecialMode::AsText)?);
+        }
+        let json = serde_json::to_string(messages)
+            .map_err(|e| crate::ModelError::Config(format!("messages: {e}")))?;
+        let opts = ChatOptions {
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        let text = tok.render_chat(&json, &opts)?;
+        // The template writes its special tokens (<|im_start|>, <start_of_turn>, ...) as text.
+        Ok(tok.encode(&text, SpecialMode::Allow)?)
+    }
+
+    /// The token ids of one instruction's prompt (the book's `format_input`; with a template, one
+    /// user turn holding the instruction and its input).
+    pub fn encode_instruction(
+        self,
+        tok: &Tokenizer,
+        instruction: &str,
+        input: &str,
+    ) -> crate::Result<Vec<u32>> {
+        if self != PromptStyle::Template {
+            return Ok(tok.encode(&self.instruction(instruction, input), SpecialMode::AsText)?);
+        }
+        let content = if input.is_empty() {
+            instruction.to_string()
+        } else {
+            format!("{instruction}\n\n{input}")
+        };
+        self.encode_chat(
+            tok,
+            &[Message {
+                role: Role::User,
+                content,
+            }],
+        )
     }
 
     /// The prompt for one instruction with an optional input (the book's `format_input`), ending
@@ -50,7 +109,9 @@ impl PromptStyle {
                 }
                 s + "\n<|assistant|>\n"
             }
-            PromptStyle::Plain => {
+            // A template is rendered with the tokenizer ([`PromptStyle::encode_instruction`]); as
+            // text without one, the plain form.
+            PromptStyle::Plain | PromptStyle::Template => {
                 if input.is_empty() {
                     format!("{instruction}\n")
                 } else {
@@ -98,7 +159,7 @@ impl PromptStyle {
                 }
                 out += "<|assistant|>\n";
             }
-            PromptStyle::Plain => {
+            PromptStyle::Plain | PromptStyle::Template => {
                 for m in messages {
                     out += &m.content;
                     out.push('\n');
@@ -113,7 +174,7 @@ impl PromptStyle {
         match self {
             PromptStyle::Alpaca => &["\n### Instruction:", "\n### Response:"],
             PromptStyle::Phi3 => &["<|user|>", "<|assistant|>", "<|end|>"],
-            PromptStyle::Plain => &[],
+            PromptStyle::Plain | PromptStyle::Template => &[],
         }
     }
 }

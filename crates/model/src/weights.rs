@@ -80,6 +80,38 @@ impl Weights {
         ))
     }
 
+    /// Whether the matrices are stored in bf16 (a model published in bf16).
+    pub fn stores_bf16(&self) -> bool {
+        self.tensors
+            .values()
+            .any(|t| t.rank() == 2 && t.dtype() == DType::BF16)
+    }
+
+    /// The weights for inference, converted tensor by tensor (each stored tensor is freed as its
+    /// replacement is made, so a bf16 model is never held twice): vectors (norms, biases) in f32,
+    /// matrices in bf16 when `bf16_matrices`, else f32. A matrix already in the wanted dtype is
+    /// kept as it is, without a copy.
+    pub fn for_inference(self, bf16_matrices: bool) -> Result<Weights> {
+        let source = if bf16_matrices {
+            format!("{} (bf16 matrices)", self.source)
+        } else {
+            self.source
+        };
+        let tensors = self
+            .tensors
+            .into_iter()
+            .map(|(n, t)| {
+                let dtype = if t.rank() == 2 && bf16_matrices {
+                    DType::BF16
+                } else {
+                    DType::F32
+                };
+                Ok((n, t.to_dtype(dtype)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Weights::new(tensors, source))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -123,6 +155,45 @@ impl Weights {
             )?)
         };
         t.insert("tok_emb.weight".into(), normal(v)?);
+        if cfg.arch.is_decoder() {
+            let norm = |t: &mut HashMap<String, Tensor>, name: String, n: usize| -> Result<()> {
+                // Gemma's scale is 1 + w: zeros there, ones elsewhere, so every norm starts at 1.
+                let init = if cfg.arch == crate::config::Arch::Gemma3 {
+                    0.0
+                } else {
+                    1.0
+                };
+                t.insert(name, Tensor::full(init, n, device)?);
+                Ok(())
+            };
+            let (hs, h) = (cfg.head_dim(), cfg.ff_dim());
+            let (q, kv) = (cfg.n_heads * hs, cfg.kv_heads() * hs);
+            for i in 0..cfg.n_layers {
+                let p = format!("trf_blocks.{i}");
+                linear(&mut t, format!("{p}.att.W_query"), q, c, cfg.qkv_bias)?;
+                linear(&mut t, format!("{p}.att.W_key"), kv, c, cfg.qkv_bias)?;
+                linear(&mut t, format!("{p}.att.W_value"), kv, c, cfg.qkv_bias)?;
+                linear(&mut t, format!("{p}.att.out_proj"), c, q, false)?;
+                linear(&mut t, format!("{p}.ff.fc1"), h, c, false)?;
+                linear(&mut t, format!("{p}.ff.fc2"), h, c, false)?;
+                linear(&mut t, format!("{p}.ff.fc3"), c, h, false)?;
+                norm(&mut t, format!("{p}.norm1.scale"), c)?;
+                norm(&mut t, format!("{p}.norm2.scale"), c)?;
+                if cfg.arch != crate::config::Arch::Llama {
+                    norm(&mut t, format!("{p}.att.q_norm.scale"), hs)?;
+                    norm(&mut t, format!("{p}.att.k_norm.scale"), hs)?;
+                }
+                if cfg.arch == crate::config::Arch::Gemma3 {
+                    norm(&mut t, format!("{p}.post_att_norm.scale"), c)?;
+                    norm(&mut t, format!("{p}.post_ff_norm.scale"), c)?;
+                }
+            }
+            norm(&mut t, "final_norm.scale".into(), c)?;
+            if !cfg.tie_embeddings {
+                linear(&mut t, "out_head".into(), v, c, false)?;
+            }
+            return Ok(Weights::new(t, "random initialization"));
+        }
         t.insert("pos_emb.weight".into(), normal(cfg.context_length)?);
         for i in 0..cfg.n_layers {
             let p = format!("trf_blocks.{i}");
@@ -173,31 +244,141 @@ fn standard_normal(n: usize, rng: &mut impl Rng) -> Vec<f32> {
     out
 }
 
-/// Reads every tensor of a safetensors file (memory-mapped; the header is validated by the
-/// `safetensors` crate: offsets in range and not overlapping) as f32 on `device`.
+/// Reads every tensor of a safetensors file on `device`, each in its stored dtype (f32, bf16, f16;
+/// f64 becomes f32). The header is validated by the `safetensors` crate (offsets in range and not
+/// overlapping) on a read-only map of the file; each tensor's bytes are then read straight into the
+/// buffer the tensor keeps, so loading costs the weights' size plus nothing (no mapped pages stay
+/// resident, no whole-file copy, no f32 copy of a bf16 model).
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    // SAFETY: the map is read-only and dropped before returning; a file changed underneath us
-    // while we copy out of it can give wrong values but not unsoundness beyond that of any read.
+    // SAFETY: the map is read-only and dropped before returning; only the header is read from it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
         .map_err(|e| ModelError::file(path, format!("not a valid safetensors file: {e}")))?;
+    let header = 8 + u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
-        let dtype = match view.dtype() {
-            safetensors::Dtype::F32 => DType::F32,
-            safetensors::Dtype::F16 => DType::F16,
-            safetensors::Dtype::BF16 => DType::BF16,
-            safetensors::Dtype::F64 => DType::F64,
+        let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        debug_assert!(start >= header);
+        let read = |bytes: &mut [u8]| {
+            file.read_exact_at(bytes, start as u64)
+                .map_err(|e| ModelError::io(path, e))
+        };
+        let shape = view.shape().to_vec();
+        let t = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                Tensor::from_vec(read_into::<f32>(&shape, read)?, shape, device)
+            }
+            safetensors::Dtype::BF16 => {
+                Tensor::from_vec(read_into::<half::bf16>(&shape, read)?, shape, device)
+            }
+            safetensors::Dtype::F16 => {
+                Tensor::from_vec(read_into::<half::f16>(&shape, read)?, shape, device)
+            }
+            safetensors::Dtype::F64 => {
+                Tensor::from_vec(read_into::<f64>(&shape, read)?, shape, device)
+                    .and_then(|t| t.to_dtype(DType::F32))
+            }
             // Integer buffers (such as old attention masks) are not weights.
             _ => continue,
-        };
-        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(|e| ModelError::file(path, format!("tensor {name}: {e}")))?;
+        }
+        .map_err(|e| ModelError::file(path, format!("tensor {name}: {e}")))?;
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// A buffer of `shape`'s element count filled by `read` with the stored little-endian bytes.
+fn read_into<T: Copy + Default>(
+    shape: &[usize],
+    read: impl Fn(&mut [u8]) -> Result<()>,
+) -> Result<Vec<T>> {
+    let n: usize = shape.iter().product();
+    let mut buf = vec![T::default(); n];
+    // SAFETY: T is a plain number type (f32, f64, bf16, f16) for which every bit pattern is valid,
+    // and the byte view covers exactly the buffer; safetensors stores little-endian, as x86 and
+    // aarch64 are.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), n * std::mem::size_of::<T>())
+    };
+    read(bytes)?;
+    Ok(buf)
+}
+
+/// The weights of a Hugging Face directory: `model.safetensors`, or the shards that
+/// `model.safetensors.index.json` lists (each shard a plain file name in the directory, each tensor
+/// found in the shard the index names). Returns the tensors and a description of where they are.
+pub fn read_hf_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, String)> {
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        let st = dir.join("model.safetensors");
+        return Ok((read_safetensors(&st, device)?, st.display().to_string()));
+    }
+    let text = scratchllm_tokenizer::io::read_text(&index)?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::file(&index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| ModelError::file(&index, "weight_map is missing or not an object"))?;
+    let mut shards: Vec<&str> = Vec::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            ModelError::file(
+                &index,
+                format!("weight_map[{name:?}] is {file}, not a file name"),
+            )
+        })?;
+        let plain = !file.is_empty() && !file.contains(['/', '\\']) && file != "." && file != "..";
+        if !plain {
+            return Err(ModelError::file(
+                &index,
+                format!("weight_map[{name:?}] names {file:?}, which is not a file name in the directory"),
+            ));
+        }
+        if !shards.contains(&file) {
+            shards.push(file);
+        }
+    }
+    shards.sort_unstable();
+    let mut out = HashMap::new();
+    for shard in &shards {
+        let path = dir.join(shard);
+        if !path.is_file() {
+            return Err(ModelError::file(
+                &index,
+                format!(
+                    "lists shard {shard}, which is missing from {}",
+                    dir.display()
+                ),
+            ));
+        }
+        let tensors = read_safetensors(&path, device)?;
+        for (name, t) in tensors {
+            if map.get(&name).and_then(serde_json::Value::as_str) == Some(shard) {
+                out.insert(name, t);
+            }
+        }
+    }
+    if let Some((name, file)) = map.iter().find(|(n, _)| !out.contains_key(*n)) {
+        return Err(ModelError::file(
+            &index,
+            format!("tensor {name} is listed in {file}, but that shard does not hold it"),
+        ));
+    }
+    Ok((
+        out,
+        format!("{} ({} shards)", index.display(), shards.len()),
+    ))
+}
+
+/// `tensors` with every floating-point tensor in f32 (what training and the exact paths compute in).
+pub fn all_f32(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
+        .collect()
 }
 
 /// Writes tensors to a safetensors file atomically.

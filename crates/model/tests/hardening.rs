@@ -18,6 +18,7 @@ fn tiny(ctx: usize, num_classes: Option<usize>) -> GptConfig {
         qkv_bias: true,
         tie_embeddings: num_classes.is_none(),
         num_classes,
+        ..Default::default()
     }
 }
 

@@ -15,6 +15,7 @@ fn tiny(ctx: usize, qkv_bias: bool, tie: bool) -> GptConfig {
         qkv_bias,
         tie_embeddings: tie,
         num_classes: None,
+        ..Default::default()
     }
 }
 

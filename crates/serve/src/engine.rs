@@ -6,7 +6,7 @@ use scratchllm_model::classifier::{predict, ClassifierSpec, Prediction};
 pub use scratchllm_model::decode::Finish;
 use scratchllm_model::decode::{Decoding, Piece};
 use scratchllm_model::{GenerateOptions, Gpt, GptConfig, PromptStyle};
-use scratchllm_tokenizer::{Tokenizer, ENDOFTEXT};
+use scratchllm_tokenizer::Tokenizer;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -114,7 +114,8 @@ pub fn work(
     mut jobs: mpsc::Receiver<Job>,
     max_active: usize,
 ) {
-    let eos = tok.special_id(ENDOFTEXT);
+    // Generation ends at the end of a text or of a turn (the chat templates' end-of-turn tokens).
+    let stop_ids = tok.stop_ids();
     let mut active: Vec<Active> = Vec::new();
     loop {
         while active.len() < max_active.max(1) {
@@ -135,14 +136,7 @@ pub fn work(
                     opts,
                     stops,
                     events,
-                } => match Decoding::new(
-                    &model,
-                    &tok,
-                    &prompt,
-                    &opts,
-                    eos.into_iter().collect(),
-                    stops,
-                ) {
+                } => match Decoding::new(&model, &tok, &prompt, &opts, stop_ids.clone(), stops) {
                     Ok(decoding) => active.push(Active { decoding, events }),
                     Err(e) => {
                         let _ = events.send(Event::Error(e.to_string()));

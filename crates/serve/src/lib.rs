@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::{Engine, Event, Finish, Job, Kind};
 use scratchllm_model::classifier::ClassifierSpec;
-use scratchllm_model::{modeldir, GenerateOptions, Gpt, PromptStyle};
+use scratchllm_model::{modeldir, GenerateOptions, Gpt, PromptStyle, Weights};
 use scratchllm_tokenizer::SpecialMode;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -41,7 +41,8 @@ pub struct ServeOptions {
     pub port: u16,
     /// The model's id in requests and `/v1/models` (default: the directory's name).
     pub name: Option<String>,
-    /// How chat messages become a prompt (default: the model's own style, else Alpaca).
+    /// How chat messages become a prompt (default: the style the model was tuned with, else its
+    /// tokenizer's chat template, else Alpaca).
     pub prompt_style: Option<PromptStyle>,
     pub max_body_bytes: usize,
     /// The largest `max_tokens` a request may ask for.
@@ -52,8 +53,9 @@ pub struct ServeOptions {
     pub max_queue: usize,
     /// Generations interleaved at once.
     pub max_active: usize,
-    /// Store the weight matrices in bf16 (half the memory, faster generation).
-    pub bf16_weights: bool,
+    /// Store the weight matrices in bf16 (half the memory, faster generation); `None`: as the
+    /// file stores them.
+    pub bf16_weights: Option<bool>,
 }
 
 impl ServeOptions {
@@ -68,7 +70,7 @@ impl ServeOptions {
             max_tokens_limit: 4096,
             default_max_tokens: 256,
             max_queue: 32,
-            bf16_weights: false,
+            bf16_weights: None,
             max_active: 4,
         }
     }
@@ -196,35 +198,31 @@ fn load_and_work(state: Arc<AppState>) -> Result<(), String> {
     let started = Instant::now();
     let opts = &state.opts;
     let path = opts.model.display();
-    let mut files = modeldir::load(&opts.model, &candle_core::Device::Cpu)
+    let mut files = modeldir::load_stored(&opts.model, &candle_core::Device::Cpu)
         .map_err(|e| format!("loading {path}: {e}"))?;
-    if opts.bf16_weights {
-        // The f32 matrices are freed.
-        files.weights = files
-            .weights
-            .matrices_to(candle_core::DType::BF16)
-            .map_err(|e| format!("converting {path} to bf16: {e}"))?;
-    }
+    // bf16 matrices when asked, or by default when the file stores them so.
+    let bf16 = opts
+        .bf16_weights
+        .unwrap_or_else(|| files.weights.stores_bf16());
+    let weights = std::mem::replace(&mut files.weights, Weights::new(Default::default(), ""));
+    files.weights = weights
+        .for_inference(bf16)
+        .map_err(|e| format!("preparing the weights of {path}: {e}"))?;
     let model = Gpt::new(&files.config, &files.weights)
         .map_err(|e| format!("building the model from {path}: {e}"))?;
     let kind = match (files.config.num_classes, files.classifier.clone()) {
-        (Some(n), spec) => Kind::Classifier(spec.unwrap_or_else(|| {
-            ClassifierSpec {
-                labels: (0..n).map(|c| c.to_string()).collect(),
-                token_position: scratchllm_model::TokenPosition::Last,
-                average_embeddings: false,
-                max_length: files.config.context_length,
-                pad_id: files
-                    .tokenizer
-                    .special_id(scratchllm_tokenizer::ENDOFTEXT)
-                    .unwrap_or(0),
-            }
+        (Some(n), spec) => Kind::Classifier(spec.unwrap_or_else(|| ClassifierSpec {
+            labels: (0..n).map(|c| c.to_string()).collect(),
+            token_position: scratchllm_model::TokenPosition::Last,
+            average_embeddings: false,
+            max_length: files.config.context_length,
+            pad_id: files.tokenizer.end_of_text().map(|r| r.id).unwrap_or(0),
         })),
         (None, _) => Kind::Lm {
-            style: opts
-                .prompt_style
-                .or(files.prompt_style)
-                .unwrap_or(PromptStyle::Alpaca),
+            style: PromptStyle::for_model(
+                opts.prompt_style.or(files.prompt_style),
+                &files.tokenizer,
+            ),
         },
     };
     let name = opts.name.clone().unwrap_or_else(|| {
@@ -236,7 +234,7 @@ fn load_and_work(state: Arc<AppState>) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
     let engine = Engine {
         name: name.clone(),
-        eos: tokenizer.special_id(scratchllm_tokenizer::ENDOFTEXT),
+        eos: tokenizer.end_of_text().map(|r| r.id),
         config: files.config,
         tokenizer: tokenizer.clone(),
         kind: kind.clone(),
@@ -608,10 +606,8 @@ async fn chat(
         ));
     };
     let messages = f.messages()?;
-    let text = style.chat(&messages);
-    let prompt = e
-        .tokenizer
-        .encode(&text, SpecialMode::AsText)
+    let prompt = style
+        .encode_chat(&e.tokenizer, &messages)
         .map_err(|err| ApiError::bad("messages", err.to_string()))?;
     let r = gen_request(&f, e, &s.opts, ("messages", prompt), style.turn_markers())?;
     let rx = submit(e, &r)?;

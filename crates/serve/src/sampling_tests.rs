@@ -26,6 +26,7 @@ fn model_with_logits(logits: &[f32]) -> Gpt {
         qkv_bias: false,
         tie_embeddings: false,
         num_classes: None,
+        ..Default::default()
     };
     let dev = &Device::Cpu;
     let mut t = Weights::random(&cfg, 0, dev)

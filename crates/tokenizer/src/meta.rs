@@ -179,10 +179,20 @@ impl Tokenizer {
         self.meta.warnings.push(message);
     }
 
+    /// The token that ends a text: eos (GPT-2's `<|endoftext|>`, Llama 3's `<|end_of_text|>`,
+    /// Gemma's `<eos>`, as the tokenizer's files name it). Documents are joined with it for
+    /// pretraining, and plain generation stops on it.
+    pub fn end_of_text(&self) -> Option<Role> {
+        self.meta
+            .eos
+            .clone()
+            .or_else(|| self.role_of_text(crate::gpt2::ENDOFTEXT))
+    }
+
     /// The ids generation stops on: eos, generation_config's eos ids, and end-of-turn tokens.
     pub fn stop_ids(&self) -> Vec<u32> {
         let m = &self.meta;
-        let mut ids: Vec<u32> = m.eos.iter().map(|r| r.id).collect();
+        let mut ids: Vec<u32> = self.end_of_text().iter().map(|r| r.id).collect();
         ids.extend(&m.generation_eos);
         ids.extend(m.end_of_turn.iter().map(|r| r.id));
         let mut seen = std::collections::HashSet::new();

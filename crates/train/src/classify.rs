@@ -24,7 +24,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use scratchllm_model::classifier::{class_logits, ClassifierSpec, TokenPosition};
 use scratchllm_model::{modeldir, DropoutRng, Gpt, GptConfig, ModelError, Weights};
-use scratchllm_tokenizer::{Tokenizer, ENDOFTEXT};
+use scratchllm_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -172,7 +172,8 @@ pub fn prepare(cfg: &ClassifyConfig, tok: &Tokenizer, context_length: usize) -> 
         }
     }
     let pad_id = tok
-        .special_id(ENDOFTEXT)
+        .end_of_text()
+        .map(|r| r.id)
         .unwrap_or(tok.vocab_size().saturating_sub(1) as u32);
     let spec = ClassifierSpec {
         labels: labels.clone(),

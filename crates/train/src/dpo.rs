@@ -80,10 +80,7 @@ pub struct Pair {
 }
 
 fn pair(e: &Entry, style: PromptStyle, tok: &Tokenizer) -> Result<Pair> {
-    let prompt = tok.encode(
-        &style.instruction(&e.instruction, &e.input),
-        SpecialMode::AsText,
-    )?;
+    let prompt = style.encode_instruction(tok, &e.instruction, &e.input)?;
     let full = |key: &str| -> Result<Vec<u32>> {
         let text = e
             .extra

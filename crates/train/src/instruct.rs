@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use scratchllm_model::{
     generate, modeldir, DropoutRng, GenerateOptions, Gpt, GptConfig, ModelError, PromptStyle,
 };
-use scratchllm_tokenizer::{SpecialMode, Tokenizer, ENDOFTEXT};
+use scratchllm_tokenizer::{SpecialMode, Tokenizer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -135,8 +135,7 @@ pub struct Tokenized {
 /// The book's `InstructionDataset` item: `format_input(entry)` + `"\n\n### Response:\n" + output`
 /// (in Alpaca style; other styles put the response after their assistant marker).
 pub fn tokenize(e: &Entry, style: PromptStyle, tok: &Tokenizer) -> Result<Tokenized> {
-    let prompt = style.instruction(&e.instruction, &e.input);
-    let prompt_ids = tok.encode(&prompt, SpecialMode::AsText)?;
+    let prompt_ids = style.encode_instruction(tok, &e.instruction, &e.input)?;
     let mut ids = prompt_ids.clone();
     ids.extend(tok.encode(&e.output, SpecialMode::AsText)?);
     Ok(Tokenized {
@@ -364,10 +363,7 @@ pub fn respond(
     e: &Entry,
     max_tokens: usize,
 ) -> Result<String> {
-    let prompt = tok.encode(
-        &style.instruction(&e.instruction, &e.input),
-        SpecialMode::AsText,
-    )?;
+    let prompt = style.encode_instruction(tok, &e.instruction, &e.input)?;
     let ctx = model.config().context_length;
     let room = ctx.saturating_sub(prompt.len());
     if room == 0 {
@@ -379,7 +375,7 @@ pub fn respond(
     }
     let opts = GenerateOptions {
         max_new_tokens: max_tokens.min(room),
-        stop_id: tok.special_id(ENDOFTEXT),
+        stop_id: tok.end_of_text().map(|r| r.id),
         ..Default::default()
     };
     let ids = generate(model, &prompt, &opts, &mut |_| Ok(true))?;
@@ -507,9 +503,9 @@ pub(crate) fn language_model_pad(source: &str, cfg: &GptConfig, tok: &Tokenizer)
             "this model is a classifier; instruction tuning and DPO need a language model",
         ));
     }
-    tok.special_id(ENDOFTEXT).ok_or_else(|| {
+    tok.end_of_text().map(|r| r.id).ok_or_else(|| {
         ModelError::Config(
-            "the tokenizer has no <|endoftext|> token to pad and end responses with".into(),
+            "the tokenizer has no end-of-text (eos) token to pad and end responses with".into(),
         )
     })
 }
@@ -524,8 +520,9 @@ pub fn response_loss(
     batch_size: usize,
 ) -> Result<f32> {
     let pad = tok
-        .special_id(ENDOFTEXT)
-        .ok_or_else(|| ModelError::Config("the tokenizer has no <|endoftext|> token".into()))?;
+        .end_of_text()
+        .map(|r| r.id)
+        .ok_or_else(|| ModelError::Config("the tokenizer has no end-of-text (eos) token".into()))?;
     let ctx = model.config().context_length;
     let items = entries
         .iter()

@@ -29,10 +29,18 @@ pub struct PretrainConfig {
     pub model: GptConfig,
     /// Starting weights (any layout `generate` reads); random when absent.
     pub init: Option<PathBuf>,
+    /// The tokenizer of a model trained from scratch (any tokenizer `tokenize` reads); GPT-2's
+    /// when absent. A model from `init` brings its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
     /// Text files or directories (a directory's `.txt` files; documents joined by <|endoftext|>).
     pub data: Vec<PathBuf>,
     /// Window step in tokens.
     pub stride: usize,
+    /// Tokens per training window, when shorter than the model's context (a RoPE model trained
+    /// on short windows keeps its full context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
     pub train_fraction: f64,
     /// Shuffle the windows each epoch (with the seed).
     pub shuffle: bool,
@@ -42,6 +50,13 @@ pub struct PretrainConfig {
     pub optim: OptimConfig,
     #[serde(flatten)]
     pub run: RunConfig,
+}
+
+impl PretrainConfig {
+    /// Tokens per training window.
+    pub fn window(&self) -> usize {
+        self.window.unwrap_or(self.model.context_length)
+    }
 }
 
 impl RunSettings for PretrainConfig {
@@ -57,6 +72,16 @@ impl RunSettings for PretrainConfig {
 
     fn check(&self) -> Result<()> {
         self.model.validate()?;
+        if self
+            .window
+            .is_some_and(|w| w == 0 || w > self.model.context_length)
+        {
+            return Err(ModelError::Config(format!(
+                "--context-length {} must be between 1 and the model's context length {}",
+                self.window.unwrap_or(0),
+                self.model.context_length
+            )));
+        }
         if self.stride == 0 {
             return Err(ModelError::Config(
                 "--stride must be at least 1 token (the step between training windows)".into(),
@@ -104,20 +129,24 @@ pub fn corpus_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The corpus text: the documents of [`corpus_files`] joined by <|endoftext|>.
-pub fn read_corpus(paths: &[PathBuf]) -> Result<String> {
+/// The corpus text: the documents of [`corpus_files`] joined by the tokenizer's end-of-text token
+/// (GPT-2's <|endoftext|>, Llama 3's <|end_of_text|>, ...).
+pub fn read_corpus(paths: &[PathBuf], tok: &Tokenizer) -> Result<String> {
     let docs = corpus_files(paths)?
         .iter()
         .map(|f| Ok(scratchllm_tokenizer::io::read_text(f)?))
         .collect::<Result<Vec<_>>>()?;
-    Ok(docs.join(ENDOFTEXT))
+    let eot = tok
+        .end_of_text()
+        .map_or_else(|| ENDOFTEXT.to_string(), |r| r.text);
+    Ok(docs.join(&eot))
 }
 
 /// Train and validation windows from the corpus, or an error with the numbers when either split is
 /// too short for one window.
 pub fn windows(cfg: &PretrainConfig, text: &str, tok: &Tokenizer) -> Result<(Windows, Windows)> {
     let (train_text, val_text) = split_text(text, cfg.train_fraction);
-    let ctx = cfg.model.context_length;
+    let ctx = cfg.window();
     let make = |t: &str, what: &str| -> Result<Windows> {
         let ids = tok.encode(t, SpecialMode::Allow)?;
         let n = ids.len();
@@ -155,7 +184,7 @@ fn shard_windows(cfg: &PretrainConfig, dir: &Path) -> Result<(Windows, Windows)>
     let n = tokens.len();
     let cut = (n as f64 * cfg.train_fraction) as usize;
     let store = std::sync::Arc::new(crate::data::TokenStore::Mapped(tokens));
-    let ctx = cfg.model.context_length;
+    let ctx = cfg.window();
     let train = Windows::over(store.clone(), 0, cut, ctx, cfg.stride);
     let val = Windows::over(store, cut, n - cut, ctx, cfg.stride);
     for (w, what) in [(&train, "training"), (&val, "validation")] {
@@ -253,7 +282,7 @@ pub fn pretrain(
     let device = Device::Cpu;
     let (init, tok) = match &cfg.init {
         Some(p) => {
-            let files = modeldir::load(p, &device)?;
+            let files = modeldir::load_with(p, Some(&cfg.model), &device)?;
             // Dropout is a training choice, not part of the weights.
             if (GptConfig {
                 drop_rate: cfg.model.drop_rate,
@@ -270,14 +299,24 @@ pub fn pretrain(
             }
             (files.weights, files.tokenizer)
         }
-        None => (
-            Weights::random(&cfg.model, cfg.optim.seed, &device)?,
-            scratchllm_tokenizer::gpt2()?,
-        ),
+        None => {
+            let tok = match &cfg.tokenizer {
+                Some(p) => scratchllm_tokenizer::load(&p.display().to_string())?,
+                None => scratchllm_tokenizer::gpt2()?,
+            };
+            if tok.vocab_size() > cfg.model.vocab_size {
+                return Err(ModelError::Config(format!(
+                    "the tokenizer has {} tokens, but the model's vocab_size is {}",
+                    tok.vocab_size(),
+                    cfg.model.vocab_size
+                )));
+            }
+            (Weights::random(&cfg.model, cfg.optim.seed, &device)?, tok)
+        }
     };
     let (train, val) = match shard_dir(&cfg.data)? {
         Some(dir) => shard_windows(&cfg, &dir)?,
-        None => windows(&cfg, &read_corpus(&cfg.data)?, &tok)?,
+        None => windows(&cfg, &read_corpus(&cfg.data, &tok)?, &tok)?,
     };
     let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
     let settings = cfg.optim.settings(train.len(), cfg.shuffle);
@@ -302,7 +341,7 @@ fn sample(model: &Gpt, tok: &Tokenizer, prompt: &str, n: usize) -> Result<String
     let ids = tok.encode(prompt, SpecialMode::Allow)?;
     let opts = GenerateOptions {
         max_new_tokens: n,
-        stop_id: tok.special_id(ENDOFTEXT),
+        stop_id: tok.end_of_text().map(|r| r.id),
         ..Default::default()
     };
     let out = generate(model, &ids, &opts, &mut |_| Ok(true))?;

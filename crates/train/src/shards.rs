@@ -92,8 +92,10 @@ pub fn prepare(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<usize> {
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    let eot = tok.special_id(ENDOFTEXT).ok_or_else(|| {
-        ModelError::Config("the tokenizer has no <|endoftext|> to separate documents".into())
+    let eot = tok.end_of_text().map(|r| r.id).ok_or_else(|| {
+        ModelError::Config(
+            "the tokenizer has no end-of-text (eos) token to separate documents".into(),
+        )
     })?;
     let mut w = ShardWriter {
         dir: out.to_path_buf(),

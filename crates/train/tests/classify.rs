@@ -48,6 +48,7 @@ fn reference_model(r: &serde_json::Value) -> Option<(GptConfig, HashMap<String, 
         qkv_bias: false,
         tie_embeddings: false,
         num_classes: Some(2),
+        ..Default::default()
     };
     let mut t = weights::read_safetensors(&init, &Device::Cpu).unwrap();
     for (name, v) in r["head"].as_object().unwrap() {
@@ -214,6 +215,7 @@ fn tiny_classifier() -> (GptConfig, HashMap<String, Tensor>) {
         qkv_bias: true,
         tie_embeddings: false,
         num_classes: Some(3),
+        ..Default::default()
     };
     let w = Weights::random(
         &GptConfig {
@@ -479,6 +481,7 @@ fn toy_config(data: &Path) -> ClassifyConfig {
         qkv_bias: false,
         tie_embeddings: false,
         num_classes: None,
+        ..Default::default()
     });
     cfg.tune.trainable = Trainable::All;
     cfg.optim.lr = 2e-3;

@@ -74,6 +74,7 @@ fn tiny(ctx: usize) -> GptConfig {
         qkv_bias: false,
         tie_embeddings: false,
         num_classes: None,
+        ..Default::default()
     }
 }
 

@@ -148,6 +148,7 @@ fn a_tiny_model_learns_instructions_and_writes_responses() {
         qkv_bias: false,
         tie_embeddings: false,
         num_classes: None,
+        ..Default::default()
     });
     cfg.optim.lr = 5e-3;
     cfg.optim.epochs = 8;

@@ -55,10 +55,13 @@ fn config(data: PathBuf) -> PretrainConfig {
             qkv_bias: false,
             tie_embeddings: false,
             num_classes: None,
+            ..Default::default()
         },
         init: None,
+        tokenizer: None,
         data: vec![data],
         stride: 8,
+        window: None,
         train_fraction: 0.8,
         shuffle: true,
         sample_prompt: Some("Every effort".into()),

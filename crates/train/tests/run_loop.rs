@@ -55,6 +55,7 @@ fn tiny(ctx: usize) -> GptConfig {
         qkv_bias: false,
         tie_embeddings: false,
         num_classes: None,
+        ..Default::default()
     }
 }
 
@@ -91,8 +92,10 @@ fn pretrain_config(dir: &Path, model: &Path, eval_every: usize) -> PretrainConfi
         version: 1,
         model: tiny(64),
         init: Some(model.to_path_buf()),
+        tokenizer: None,
         data: vec![data],
         stride: 64,
+        window: None,
         train_fraction: 0.8,
         shuffle: true,
         sample_prompt: None,

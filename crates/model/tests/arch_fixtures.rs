@@ -1,0 +1,236 @@
+//! Llama 3, Qwen3 and Gemma 3 (../shared/fixtures/arch/*-tiny, Hugging Face directories made by
+//! transformers): our tokenization of the prompts equals theirs, the logits equal transformers' to
+//! 1e-4 (max abs), and the 24 greedy ids are transformers' with and without the KV cache (the
+//! Gemma prompts run past its sliding window of 8). The directories written back by `export_hf`
+//! and by our own layout load with the same logits.
+use candle_core::{Device, IndexOp, Tensor};
+use scratchllm_model::{generate, modeldir, GenerateOptions, Gpt, ModelFiles};
+use scratchllm_testutil::{json_ids as ids, shared, shared_json};
+use std::path::Path;
+
+const FIXTURES: [&str; 3] = ["llama3-tiny", "qwen3-tiny", "gemma3-tiny"];
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Checks `files` against fixture `name`'s logits (and, with `greedy`, its greedy ids).
+fn check(name: &str, files: &ModelFiles, greedy: bool) {
+    let dev = Device::Cpu;
+    let expected = shared_json(&format!("fixtures/arch/{name}/expected.json")).unwrap();
+    let logits = shared(&format!("fixtures/arch/{name}/expected-logits.safetensors")).unwrap();
+    let want_logits = candle_core::safetensors::load(logits, &dev).unwrap();
+    let model = Gpt::new(&files.config, &files.weights).unwrap();
+    for (i, p) in expected["prompts"].as_array().unwrap().iter().enumerate() {
+        let prompt = ids(&p["ids"]);
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(
+            files.tokenizer.encode_ordinary(text),
+            prompt,
+            "{name} prompt {i} ids"
+        );
+        let x = Tensor::new(prompt.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let got = model.forward(&x, None).unwrap().i(0).unwrap(); // (T, V)
+        let diff = max_diff(&got, &want_logits[&format!("prompt{i}")]);
+        assert!(
+            diff < 1e-4,
+            "{name} prompt {i}: max abs logit difference {diff}"
+        );
+        if !greedy {
+            continue;
+        }
+        let want = ids(&p["greedy_new_ids"]);
+        for use_cache in [true, false] {
+            let opts = GenerateOptions {
+                max_new_tokens: want.len(),
+                stop_id: None,
+                use_cache,
+                ..Default::default()
+            };
+            let out = generate(&model, &prompt, &opts, &mut |_| Ok(true)).unwrap();
+            assert_eq!(out, want, "{name} prompt {i} greedy, cache {use_cache}");
+        }
+    }
+}
+
+#[test]
+fn hugging_face_directories_give_transformers_logits_and_greedy_ids() {
+    for name in FIXTURES {
+        let Some(dir) = shared(&format!("fixtures/arch/{name}")) else {
+            return;
+        };
+        let files = modeldir::load(&dir, &Device::Cpu).unwrap();
+        assert_eq!(files.layout, modeldir::Layout::HuggingFace, "{name}");
+        check(name, &files, true);
+    }
+}
+
+#[test]
+fn our_layout_and_exported_hugging_face_directories_load_the_same_model() {
+    for name in FIXTURES {
+        let Some(dir) = shared(&format!("fixtures/arch/{name}")) else {
+            return;
+        };
+        let files = modeldir::load(&dir, &Device::Cpu).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ours = tmp.path().join("ours");
+        modeldir::save(
+            &ours,
+            &files.config,
+            files.weights.tensors(),
+            &files.tokenizer,
+        )
+        .unwrap();
+        let back = modeldir::load(&ours, &Device::Cpu).unwrap();
+        assert_eq!(back.layout, modeldir::Layout::Scratchllm);
+        assert_eq!(back.config, files.config, "{name}");
+        check(name, &back, false);
+        let hf = tmp.path().join("hf");
+        modeldir::export_hf(
+            &hf,
+            &files.config,
+            files.weights.tensors(),
+            &files.tokenizer,
+        )
+        .unwrap();
+        let again = modeldir::load(&hf, &Device::Cpu).unwrap();
+        assert_eq!(again.config, files.config, "{name}");
+        check(name, &again, false);
+    }
+}
+
+/// Copies fixture `name` into a temporary directory with its weights stored as bf16 and split into
+/// two shards listed by `model.safetensors.index.json`.
+fn sharded_bf16_copy(dir: &Path, out: &Path) {
+    let tensors =
+        scratchllm_model::weights::read_safetensors(&dir.join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| {
+                (
+                    (*n).clone(),
+                    tensors[*n].to_dtype(candle_core::DType::BF16).unwrap(),
+                )
+            })
+            .collect();
+        candle_core::safetensors::save(&shard, out.join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(out.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(dir.join(f), out.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn sharded_bf16_directories_stay_bf16_until_asked_for_f32() {
+    for name in FIXTURES {
+        let Some(dir) = shared(&format!("fixtures/arch/{name}")) else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        sharded_bf16_copy(&dir, tmp.path());
+        let stored = modeldir::load_stored(tmp.path(), &Device::Cpu).unwrap();
+        assert!(
+            stored.weights.stores_bf16(),
+            "{name}: the matrices stay bf16 on load"
+        );
+        assert!(stored
+            .weights
+            .tensors()
+            .values()
+            .all(|t| t.dtype() == candle_core::DType::BF16));
+        // f32 computation from the bf16 weights equals the rounded weights' f32 model.
+        let f32_files = modeldir::load(tmp.path(), &Device::Cpu).unwrap();
+        let rounded = Gpt::new(&f32_files.config, &f32_files.weights).unwrap();
+        let mixed = Gpt::new(&stored.config, &stored.weights.for_inference(true).unwrap()).unwrap();
+        let x = Tensor::new(&[[37u32, 356, 89, 310, 676, 294]], &Device::Cpu).unwrap();
+        let a = rounded.forward(&x, None).unwrap();
+        let b = mixed.forward(&x, None).unwrap();
+        let diff = max_diff(&a, &b);
+        assert!(
+            diff < 1e-3,
+            "{name}: bf16 matrices against their f32 widening: {diff}"
+        );
+    }
+}
+
+#[test]
+fn broken_directories_name_the_file_and_the_field() {
+    let Some(dir) = shared("fixtures/arch/qwen3-tiny") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    sharded_bf16_copy(&dir, tmp.path());
+    // A shard missing from the directory.
+    std::fs::remove_file(tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = modeldir::load(tmp.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model-00002-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
+    // An unknown model_type.
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["model_type"] = "mamba".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = modeldir::load(tmp.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mamba") && e.contains("config.json"), "{e}");
+    // A missing field.
+    cfg["model_type"] = "qwen3".into();
+    cfg.as_object_mut().unwrap().remove("num_attention_heads");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = modeldir::load(tmp.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("num_attention_heads is missing"), "{e}");
+    // A tensor of the wrong shape: more heads than the weights hold.
+    let tmp2 = tempfile::tempdir().unwrap();
+    sharded_bf16_copy(&dir, tmp2.path());
+    let cfg_path = tmp2.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["num_key_value_heads"] = 4.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let files = modeldir::load(tmp2.path(), &Device::Cpu).unwrap();
+    let e = Gpt::new(&files.config, &files.weights)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("W_key.weight") && e.contains("[128, 64]"), "{e}");
+}
