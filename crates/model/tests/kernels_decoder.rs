@@ -101,7 +101,7 @@ fn rms_norm_matches_hand_computed_values() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let want = [0.694_365, 1.388_730, 2.083_095];
+    let want = [0.694_365, 1.388_73, 2.083_095];
     assert!(
         y.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
         "{y:?}"

@@ -52,7 +52,7 @@ pub fn cached_attention_gqa(
     }
     let (b, t, qc) = q.dims3()?;
     let (kb, cap, kc) = k.dims3()?;
-    let groups_ok = n_kv_heads > 0 && n_heads % n_kv_heads == 0;
+    let groups_ok = n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads);
     let shapes_ok = kb == b && qc == n_heads * head_dim && kc == n_kv_heads * head_dim;
     if !groups_ok || !shapes_ok || v.dims() != k.dims() || tk > cap || tk < t || window == Some(0) {
         bail!(
