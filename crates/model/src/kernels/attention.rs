@@ -1,7 +1,10 @@
-//! Attention for cached inference: queries (B, T, C) against cached keys and values kept in their
-//! natural (B, Tk, C) layout, all heads at once, no transposes and no score tensors; threads over
-//! (batch, head). Query i sits at position `offset + i` and sees keys `0..=offset + i`. Inference
-//! only (no backward): training takes the composed path with [`super::causal_softmax`].
+//! Attention for cached inference: queries (B, T, nh * hs) against cached keys and values kept in
+//! their natural (B, Tk, n_kv * hs) layout, all heads at once, no transposes and no score tensors;
+//! threads over (batch, head). Query i sits at position `p = offset + i` and sees keys `0..=p`, and
+//! with a sliding window of w only `p - w < j <= p`. Grouped-query attention (Ainslie et al. 2023,
+//! "GQA"): query head h reads key/value head `h / (nh / n_kv)`, as Hugging Face's `repeat_kv`
+//! lays them out. Inference only (no backward): training takes the composed path with
+//! [`super::causal_softmax`].
 use super::{multiversion, par_for, slice, use_fused, Out};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -14,14 +17,47 @@ pub fn cached_attention(
     n_heads: usize,
     tk: usize,
 ) -> Result<Option<Tensor>> {
+    let c = q.dim(candle_core::D::Minus1)?;
+    if n_heads == 0 || c % n_heads != 0 {
+        bail!(
+            "cached attention: queries {:?} for {n_heads} heads",
+            q.dims()
+        );
+    }
+    let hs = c / n_heads;
+    // The scale rounded as it always was, in f32.
+    let scale = f64::from(1.0 / (hs as f32).sqrt());
+    cached_attention_gqa(q, k, v, n_heads, n_heads, hs, tk, scale, None)
+}
+
+/// `softmax(q k^T * scale) v` per query head for `q` (B, T, n_heads * head_dim) at positions
+/// `tk - T..tk` and the first `tk` rows of `k`, `v` (B, capacity, n_kv_heads * head_dim), query
+/// head h reading key/value head `h / (n_heads / n_kv_heads)`, with the causal mask and, with
+/// `Some(w)`, the sliding window `p - j < w`. Gives (B, T, n_heads * head_dim), or `None` when
+/// the kernel does not apply (not f32 on the CPU, or kernels off).
+#[allow(clippy::too_many_arguments)] // the signature the model code is written against
+pub fn cached_attention_gqa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    tk: usize,
+    scale: f64,
+    window: Option<usize>,
+) -> Result<Option<Tensor>> {
     if !(use_fused(q) && use_fused(k) && use_fused(v)) {
         return Ok(None);
     }
-    let (b, t, c) = q.dims3()?;
+    let (b, t, qc) = q.dims3()?;
     let (kb, cap, kc) = k.dims3()?;
-    if kb != b || kc != c || v.dims() != k.dims() || tk > cap || tk < t || c % n_heads != 0 {
+    let groups_ok = n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads);
+    let shapes_ok = kb == b && qc == n_heads * head_dim && kc == n_kv_heads * head_dim;
+    if !groups_ok || !shapes_ok || v.dims() != k.dims() || tk > cap || tk < t || window == Some(0) {
         bail!(
-            "cached attention: queries {:?}, keys {:?}, values {:?}, {tk} positions, {n_heads} heads",
+            "cached attention: queries {:?}, keys {:?}, values {:?}, {tk} positions, \
+             {n_heads} heads over {n_kv_heads} key/value heads of {head_dim}, window {window:?}",
             q.dims(),
             k.dims(),
             v.dims()
@@ -30,21 +66,28 @@ pub fn cached_attention(
     let op = CachedAttention {
         b,
         t,
-        c,
         cap,
         tk,
         n_heads,
+        n_kv_heads,
+        head_dim,
+        scale: scale as f32,
+        window,
     };
-    Ok(Some(q.contiguous()?.apply_op3_no_bwd(k, v, &op)?))
+    let (k, v) = (k.contiguous()?, v.contiguous()?);
+    Ok(Some(q.contiguous()?.apply_op3_no_bwd(&k, &v, &op)?))
 }
 
 struct CachedAttention {
     b: usize,
     t: usize,
-    c: usize,
     cap: usize,
     tk: usize,
     n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    window: Option<usize>,
 }
 
 multiversion! {
@@ -81,40 +124,46 @@ impl CustomOp3 for CachedAttention {
         let CachedAttention {
             b,
             t,
-            c,
             cap,
             tk,
             n_heads,
+            n_kv_heads,
+            head_dim: hs,
+            scale,
+            window,
         } = *self;
-        let hs = c / n_heads;
-        let scale = 1.0 / (hs as f32).sqrt();
+        let (qc, kc) = (n_heads * hs, n_kv_heads * hs);
+        let group = n_heads / n_kv_heads;
         let offset = tk - t;
-        let mut y = vec![0.0f32; b * t * c];
+        let mut y = vec![0.0f32; b * t * qc];
         let out = Out::new(&mut y);
         par_for(b * n_heads, 1, |pairs| {
             let mut w = vec![0.0f32; tk];
             for bh in pairs {
                 let (bi, h) = (bh / n_heads, bh % n_heads);
+                let kv = (h / group) * hs; // this head's columns in the cache rows
                 for i in 0..t {
-                    let qi = &q[(bi * t + i) * c + h * hs..][..hs];
-                    let n = offset + i + 1;
-                    for (j, wj) in w[..n].iter_mut().enumerate() {
-                        *wj = dot(qi, &k[(bi * cap + j) * c + h * hs..][..hs]) * scale;
+                    let qi = &q[(bi * t + i) * qc + h * hs..][..hs];
+                    let p = offset + i;
+                    let start = window.map_or(0, |win| (p + 1).saturating_sub(win));
+                    let w = &mut w[start..p + 1];
+                    for (j, wj) in (start..).zip(w.iter_mut()) {
+                        *wj = dot(qi, &k[(bi * cap + j) * kc + kv..][..hs]) * scale;
                     }
-                    let m = super::max_of(&w[..n]);
-                    w[..n].iter_mut().for_each(|x| *x = super::exp(*x - m));
-                    let inv = 1.0 / super::sum_by(&w[..n], |x| x);
+                    let m = super::max_of(w);
+                    w.iter_mut().for_each(|x| *x = super::exp(*x - m));
+                    let inv = 1.0 / super::sum_by(w, |x| x);
                     // SAFETY: (batch, query, head) slices are written by one worker only.
                     let yi = unsafe {
-                        out.range((bi * t + i) * c + h * hs..(bi * t + i) * c + (h + 1) * hs)
+                        out.range((bi * t + i) * qc + h * hs..(bi * t + i) * qc + (h + 1) * hs)
                     };
-                    for (j, &wj) in w[..n].iter().enumerate() {
-                        axpy(yi, wj * inv, &v[(bi * cap + j) * c + h * hs..][..hs]);
+                    for (j, &wj) in (start..).zip(w.iter()) {
+                        axpy(yi, wj * inv, &v[(bi * cap + j) * kc + kv..][..hs]);
                     }
                 }
             }
         });
-        Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
+        Ok((CpuStorage::F32(y), Shape::from((b, t, qc))))
     }
 }
 
