@@ -43,10 +43,8 @@ impl FakeHub {
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if let Ok(stream) = stream {
-                    answer(stream, &shared);
-                }
+            for stream in listener.incoming().flatten() {
+                answer(stream, &shared);
             }
         });
         FakeHub { url, state }
