@@ -10,7 +10,8 @@ use std::path::PathBuf;
 pub enum DataCommand {
     /// What `data get` can download.
     List,
-    /// Download GPT-2 weights or the book's data sets into the cache (checksummed, resumable).
+    /// Download GPT-2 weights, Llama 3.2 / Qwen3 / Gemma 3 model directories or the book's data
+    /// sets into the cache (checked, resumable).
     Get(GetArgs),
     /// Pre-tokenize a corpus into memory-mapped shards that `pretrain --data DIR` trains from.
     Prepare(PrepareArgs),
@@ -36,7 +37,7 @@ pub struct PrepareArgs {
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// Asset names (see `data list`), e.g. gpt2-small, gpt2-small-openai, the-verdict, sms-spam.
+    /// Asset names (see `data list`), e.g. gpt2-small, gpt2-small-openai, qwen3-0.6b, the-verdict.
     #[arg(required = true)]
     names: Vec<String>,
     /// Cache directory [default: $SCRATCHLLM_CACHE, else ~/.cache/scratchllm].
@@ -51,6 +52,10 @@ pub struct GetArgs {
     /// Attempts after the first when the network fails (each resumes what was received).
     #[arg(long, default_value_t = 3)]
     retries: u32,
+    /// Hugging Face access token, for gated models (Llama, Gemma) after accepting their license on
+    /// the Hub [env: HF_TOKEN, which keeps it out of the process list]. Sent only with model files.
+    #[arg(long, value_name = "TOKEN")]
+    hf_token: Option<String>,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -134,6 +139,16 @@ fn get(a: GetArgs) -> Result<()> {
             retries: a.retries,
             ..fetch::Network::default()
         },
+        // An empty HF_TOKEN counts as unset; an empty --hf-token is an error.
+        hf_token: a
+            .hf_token
+            .or_else(|| {
+                std::env::var("HF_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+            })
+            .map(|t| fetch::HfToken::new(&t))
+            .transpose()?,
     };
     let assets = a
         .names

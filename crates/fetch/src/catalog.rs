@@ -3,7 +3,9 @@
 //! Digests here were computed from the files themselves (the book's data sets, OpenAI's
 //! `encoder.json` and `vocab.bpe`). Hugging Face's large files are checked against the SHA-256 the
 //! hub sends as `X-Linked-Etag`; small files without a known digest are recorded on first download
-//! and checked against that record afterwards.
+//! and checked against that record afterwards. The Llama, Qwen3 and Gemma model directories pin no
+//! digest (see [`crate::hub`] for what is checked instead).
+use crate::hub::{HubModel, Weights};
 
 /// One file of an asset.
 #[derive(Clone, Copy, Debug)]
@@ -22,6 +24,9 @@ pub struct Asset {
     pub name: &'static str,
     pub about: &'static str,
     pub files: &'static [RemoteFile],
+    /// A Hugging Face model repository, fetched as one runnable directory; its file list comes
+    /// from the repository (`files` is empty).
+    pub hub: Option<HubModel>,
 }
 
 const fn file(name: &'static str, url: &'static str, sha256: Option<&'static str>) -> RemoteFile {
@@ -31,6 +36,25 @@ const fn file(name: &'static str, url: &'static str, sha256: Option<&'static str
         sha256,
         unzip: None,
         unzip_to: None,
+    }
+}
+
+/// A Hugging Face model directory (one `model.safetensors`: these repositories do not shard).
+const fn hub_model(
+    name: &'static str,
+    repo: &'static str,
+    gated: bool,
+    about: &'static str,
+) -> Asset {
+    Asset {
+        name,
+        about,
+        files: &[],
+        hub: Some(HubModel {
+            repo,
+            gated,
+            weights: Weights::Single,
+        }),
     }
 }
 
@@ -83,6 +107,7 @@ macro_rules! hf_gpt2 {
                     None,
                 ),
             ],
+            hub: None,
         }
     };
 }
@@ -152,6 +177,7 @@ macro_rules! openai_gpt2 {
                     None,
                 ),
             ],
+            hub: None,
         }
     };
 }
@@ -166,6 +192,7 @@ pub const ASSETS: &[Asset] = &[
             "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
             Some("b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"),
         )],
+        hub: None,
     },
     Asset {
         name: "sms-spam",
@@ -177,6 +204,7 @@ pub const ASSETS: &[Asset] = &[
             unzip: Some("SMSSpamCollection"),
             unzip_to: Some("sms-spam-collection.tsv"),
         }],
+        hub: None,
     },
     Asset {
         name: "instruction-data",
@@ -186,6 +214,7 @@ pub const ASSETS: &[Asset] = &[
             "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
             Some("7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"),
         )],
+        hub: None,
     },
     Asset {
         name: "instruction-preference",
@@ -195,6 +224,7 @@ pub const ASSETS: &[Asset] = &[
             "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
             Some("305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e"),
         )],
+        hub: None,
     },
     hf_gpt2!("gpt2-small", "openai-community/gpt2"),
     hf_gpt2!("gpt2-medium", "openai-community/gpt2-medium"),
@@ -204,6 +234,36 @@ pub const ASSETS: &[Asset] = &[
     openai_gpt2!("gpt2-medium-openai", "355M"),
     openai_gpt2!("gpt2-large-openai", "774M"),
     openai_gpt2!("gpt2-xl-openai", "1558M"),
+    hub_model(
+        "llama3.2-1b",
+        "meta-llama/Llama-3.2-1B",
+        true,
+        "Llama 3.2 1B base (meta-llama/Llama-3.2-1B), bf16, 2.5 GB; gated: --hf-token",
+    ),
+    hub_model(
+        "llama3.2-1b-instruct",
+        "meta-llama/Llama-3.2-1B-Instruct",
+        true,
+        "Llama 3.2 1B Instruct (meta-llama/Llama-3.2-1B-Instruct), bf16, 2.5 GB; gated: --hf-token",
+    ),
+    hub_model(
+        "qwen3-0.6b",
+        "Qwen/Qwen3-0.6B",
+        false,
+        "Qwen3 0.6B (Qwen/Qwen3-0.6B), chat with thinking on or off, bf16, 1.5 GB",
+    ),
+    hub_model(
+        "gemma3-270m",
+        "google/gemma-3-270m",
+        true,
+        "Gemma 3 270M base (google/gemma-3-270m), bf16, 0.5 GB; gated: --hf-token",
+    ),
+    hub_model(
+        "gemma3-270m-it",
+        "google/gemma-3-270m-it",
+        true,
+        "Gemma 3 270M instruction-tuned (google/gemma-3-270m-it), bf16, 0.5 GB; gated: --hf-token",
+    ),
 ];
 
 /// The asset called `name`.

@@ -1,5 +1,6 @@
 //! The HTTP clients of scratchllm: downloading what the book downloads (GPT-2 weights and its four
-//! data sets), and asking a judge model to score responses ([`judge`]).
+//! data sets) and the Hugging Face model directories of Llama 3.2, Qwen3 and Gemma 3 ([`hub`]), and
+//! asking a judge model to score responses ([`judge`]).
 //!
 //! Each asset is a list of files with their canonical URLs. A file is fetched into
 //! `CACHE/ASSET/NAME.part`, resumed with an HTTP `Range` request after an interruption, checked
@@ -12,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod catalog;
+pub mod hub;
 pub mod judge;
 pub use catalog::{asset, Asset, RemoteFile, ASSETS};
+pub use hub::{HfToken, HubModel, Weights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -29,6 +32,18 @@ pub enum FetchError {
         got: String,
         want: String,
     },
+    /// HTTP 401 or 403; a Hub download turns it into [`FetchError::HubRefused`].
+    #[error("{url}: the server refused access (HTTP {status})")]
+    Denied { url: String, status: u16 },
+    #[error("{}", hub::refusal(.repo, *.status, *.gated, *.token_sent))]
+    HubRefused {
+        repo: String,
+        status: u16,
+        gated: bool,
+        token_sent: bool,
+    },
+    #[error("the Hugging Face token is empty or holds characters other than printable ASCII (it is not shown here); copy it again from https://huggingface.co/settings/tokens")]
+    BadToken,
 }
 
 pub type Result<T, E = FetchError> = std::result::Result<T, E>;
@@ -47,6 +62,9 @@ pub struct Options {
     /// Replaces each file's URL by `MIRROR/ASSET/NAME`.
     pub mirror: Option<String>,
     pub network: Network,
+    /// Sent as `Authorization: Bearer` with the files of Hugging Face model assets only (to the
+    /// Hub, or to the mirror standing in for it); gated models need it.
+    pub hf_token: Option<HfToken>,
 }
 
 impl Options {
@@ -56,6 +74,7 @@ impl Options {
             cache_dir,
             mirror: None,
             network: Network::default(),
+            hf_token: None,
         }
     }
 }
@@ -93,6 +112,8 @@ impl Network {
             .timeout_connect(Some(self.connect_timeout))
             .timeout_recv_response(Some(self.read_timeout))
             .timeout_per_read(Some(self.read_timeout))
+            // The Hub redirects large files to a CDN with a signed URL: the token stays home.
+            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .build()
             .into()
     }
@@ -135,6 +156,9 @@ pub trait Progress {
 
 /// Fetches every file of `asset` into `CACHE/ASSET/`; returns that directory.
 pub fn get(asset: &Asset, opts: &Options, progress: &mut dyn Progress) -> Result<PathBuf> {
+    if let Some(model) = &asset.hub {
+        return hub::get(asset.name, model, opts, progress);
+    }
     let dir = opts.cache_dir.join(asset.name);
     std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
     for f in asset.files {
@@ -173,6 +197,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where the SHA-256 of a downloaded file is recorded: `NAME.sha256` beside it.
+fn stamp_path(dest: &Path) -> PathBuf {
+    dest.with_extension(format!(
+        "{}sha256",
+        dest.extension()
+            .map_or(String::new(), |e| format!("{}.", e.to_string_lossy()))
+    ))
+}
+
 /// Downloads `url` to `dest` unless a verified copy is there; resumes a `.part` file. Failures
 /// that may pass are retried as `net` says, each attempt resuming what the last one got.
 pub fn fetch_file(
@@ -182,11 +215,19 @@ pub fn fetch_file(
     net: &Network,
     progress: &mut dyn Progress,
 ) -> Result<Outcome> {
-    let stamp = dest.with_extension(format!(
-        "{}sha256",
-        dest.extension()
-            .map_or(String::new(), |e| format!("{}.", e.to_string_lossy()))
-    ));
+    fetch(url, dest, sha256, net, None, progress)
+}
+
+/// [`fetch_file`], sending `token` with every attempt.
+fn fetch(
+    url: &str,
+    dest: &Path,
+    sha256: Option<&str>,
+    net: &Network,
+    token: Option<&HfToken>,
+    progress: &mut dyn Progress,
+) -> Result<Outcome> {
+    let stamp = stamp_path(dest);
     if dest.is_file() {
         let recorded = std::fs::read_to_string(&stamp).ok();
         let want = sha256.map(str::to_string).or(recorded);
@@ -198,7 +239,7 @@ pub fn fetch_file(
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let mut retry = 0;
     loop {
-        match attempt(&agent, url, dest, sha256, progress) {
+        match attempt(&agent, url, dest, sha256, token, progress) {
             Ok(bytes) => {
                 scratchllm_tokenizer::io::atomic_write(&stamp, bytes.digest.as_bytes())
                     .map_err(|e| file_err(&stamp, e))?;
@@ -248,6 +289,10 @@ fn request_failure(e: ureq::Error, url: &str) -> Failure {
         ureq::Error::Timeout(which) => Failure::Transient(format!(
             "the server did not answer in time (timeout: {which})"
         )),
+        ureq::Error::StatusCode(status @ (401 | 403)) => Failure::Final(FetchError::Denied {
+            url: url.to_string(),
+            status,
+        }),
         ureq::Error::StatusCode(code) if code == 429 || code >= 500 => {
             Failure::Transient(format!("the server answered HTTP {code}"))
         }
@@ -280,6 +325,7 @@ fn attempt(
     url: &str,
     dest: &Path,
     sha256: Option<&str>,
+    token: Option<&HfToken>,
     progress: &mut dyn Progress,
 ) -> Result<Downloaded, Failure> {
     let part = PathBuf::from(format!("{}.part", dest.display()));
@@ -287,6 +333,9 @@ fn attempt(
     let mut req = agent.get(url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
+    }
+    if let Some(token) = token {
+        req = req.header("Authorization", token.bearer());
     }
     let fatal = |e: FetchError| Failure::Final(e);
     let resp = req.call().map_err(|e| request_failure(e, url))?;

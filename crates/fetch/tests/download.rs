@@ -170,6 +170,7 @@ fn a_mirror_serves_a_whole_asset_with_zip_extraction() {
         name: "spam",
         about: "",
         files: FILES,
+        hub: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let out = get(

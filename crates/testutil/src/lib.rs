@@ -5,6 +5,8 @@
 //! with a message, except under `CI=true`, where a missing fixture must fail the run.
 use std::path::PathBuf;
 
+pub mod fake_hub;
+
 /// The shared directory, if present.
 pub fn shared_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("SCRATCHLLM_SHARED") {
