@@ -45,7 +45,12 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::rms_norm(x, &self.weight, self.eps, self.unit_offset)?)
+        Ok(crate::kernels::rms_norm(
+            x,
+            &self.weight,
+            self.eps,
+            self.unit_offset,
+        )?)
     }
 }
 
@@ -209,7 +214,7 @@ impl Attention {
             if let Some(norm) = norm {
                 y = norm.forward(&y)?;
             }
-            Ok(ops::rope(&y.transpose(1, 2)?, cos, sin)?)
+            Ok(crate::kernels::rope(&y.transpose(1, 2)?, cos, sin)?)
         };
         let q = heads(self.w_query.forward(x)?, nh, &self.q_norm)?; // (B, nh, T, hs)
         let k = heads(self.w_key.forward(x)?, nkv, &self.k_norm)?; // (B, nkv, T, hs)
@@ -222,7 +227,7 @@ impl Attention {
                 let tk = offset + t;
                 if train.is_none() {
                     let q_rows = q.transpose(1, 2)?.reshape((b, t, nh * hs))?;
-                    if let Some(y) = ops::cached_attention_gqa(
+                    if let Some(y) = crate::kernels::cached_attention_gqa(
                         &q_rows,
                         &kb,
                         &vb,
@@ -256,7 +261,8 @@ impl Attention {
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
         let scores = q.contiguous()?.matmul(&k.t()?)?; // (B, nh, T, Tk)
-        let weights = ops::causal_softmax_window(&scores, self.scale, offset, self.window)?;
+        let weights =
+            crate::kernels::causal_softmax_window(&scores, self.scale, offset, self.window)?;
         let weights = dropout(&weights, self.drop_rate, train)?;
         let y = weights.matmul(&v)?; // (B, nh, T, hs)
         let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
@@ -287,9 +293,9 @@ impl GatedFeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (gate, up) = (self.fc1.forward(x)?, self.fc2.forward(x)?); // (B, T, H)
         let h = if self.gelu {
-            ops::geglu(&gate, &up)?
+            crate::kernels::geglu(&gate, &up)?
         } else {
-            ops::swiglu(&gate, &up)?
+            crate::kernels::swiglu(&gate, &up)?
         };
         self.fc3.forward(&h)
     }
@@ -362,80 +368,6 @@ pub(crate) fn embedding_scale(cfg: &GptConfig, dtype: DType) -> Option<f64> {
             _ => s as f32 as f64,
         }
     })
-}
-
-/// Plain compositions until the fused kernels land (each op has candle's backward).
-mod ops {
-    use candle_core::{DType, Result, Tensor, D};
-
-    pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, unit_offset: bool) -> Result<Tensor> {
-        let dt = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
-        let w = w.to_dtype(DType::F32)?;
-        let g = if unit_offset { (w + 1.0)? } else { w };
-        normed.broadcast_mul(&g)?.to_dtype(dt)
-    }
-
-    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let d = x.dim(D::Minus1)?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-        let o1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let o2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[o1, o2], D::Minus1)?.contiguous()
-    }
-
-    pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::silu(gate)? * up
-    }
-
-    pub fn geglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        gate.gelu()? * up
-    }
-
-    pub fn causal_softmax_window(
-        scores: &Tensor,
-        scale: f64,
-        offset: usize,
-        window: Option<usize>,
-    ) -> Result<Tensor> {
-        let (t, tk) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..tk).map(move |j| {
-                    let p = offset + i;
-                    if j > p || window.is_some_and(|w| p - j >= w) {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, tk), scores.device())?.to_dtype(scores.dtype())?;
-        let s = (scores * scale)?.broadcast_add(&mask)?;
-        let max = s.max_keepdim(D::Minus1)?;
-        let e = s.broadcast_sub(&max)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn cached_attention_gqa(
-        _q: &Tensor,
-        _k: &Tensor,
-        _v: &Tensor,
-        _nh: usize,
-        _nkv: usize,
-        _hs: usize,
-        _tk: usize,
-        _scale: f64,
-        _window: Option<usize>,
-    ) -> Result<Option<Tensor>> {
-        Ok(None)
-    }
 }
 
 #[cfg(test)]
