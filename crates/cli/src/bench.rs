@@ -151,7 +151,8 @@ fn train(b: TrainBench) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("unknown preset {:?}", b.model))?;
     let cfg = scratchllm_model::GptConfig {
         context_length: b.ctx.max(1),
-        tie_embeddings: false,
+        // GPT-2 as the PyTorch peer (a separate head); the decoders as published.
+        tie_embeddings: preset.arch.is_decoder() && preset.tie_embeddings,
         ..preset
     };
     // Checked before the token buffer below is sized by these numbers.

@@ -116,6 +116,7 @@ fn info(a: InfoArgs) -> Result<()> {
     let n = cfg.param_count();
     let head = cfg.vocab_size * cfg.emb_dim;
     outln!("model:           {} ({layout})", a.model)?;
+    outln!("architecture:    {}", cfg.arch.name())?;
     outln!(
         "layers {} | heads {} | emb_dim {} | context {} | vocab {} | qkv_bias {} | dropout {}",
         cfg.n_layers,
@@ -126,6 +127,26 @@ fn info(a: InfoArgs) -> Result<()> {
         cfg.qkv_bias,
         cfg.drop_rate
     )?;
+    if cfg.arch.is_decoder() {
+        let sliding = (0..cfg.n_layers)
+            .filter(|&i| cfg.window(i).is_some())
+            .count();
+        outln!(
+            "kv heads {} | head_dim {} | hidden_dim {} | rope base {} | norm eps {:e}{}",
+            cfg.kv_heads(),
+            cfg.head_dim(),
+            cfg.ff_dim(),
+            cfg.rope_base.unwrap_or(10_000.0),
+            cfg.eps(),
+            match cfg.sliding_window {
+                Some(w) if sliding > 0 => format!(
+                    " | {sliding} of {} layers slide over {w} positions",
+                    cfg.n_layers
+                ),
+                _ => String::new(),
+            }
+        )?;
+    }
     if cfg.tie_embeddings {
         outln!("parameters:      {n} (output head tied to the token embedding)")?;
         outln!("with a separate head: {}", n + head)?;
@@ -133,7 +154,7 @@ fn info(a: InfoArgs) -> Result<()> {
         outln!("parameters:      {n} (separate output head)")?;
         outln!("without the head (weight tying): {}", n - head)?;
     }
-    if layout == "preset" {
+    if layout == "preset" && !cfg.arch.is_decoder() {
         // The book's GPT_CONFIG (chapter 4) has no query/key/value biases.
         let book = GptConfig {
             qkv_bias: false,
@@ -148,6 +169,23 @@ fn info(a: InfoArgs) -> Result<()> {
     }
     outln!("memory fp32:     {}", gib(n * 4))?;
     outln!("memory bf16:     {}", gib(n * 2))?;
+    // Keys and values of every layer, f32, for one sequence (a sliding layer keeps its window).
+    let kv_width = 2 * cfg.kv_heads() * cfg.head_dim() * 4;
+    let per_token = cfg.n_layers * kv_width;
+    let full: usize = (0..cfg.n_layers)
+        .map(|i| {
+            cfg.window(i)
+                .unwrap_or(cfg.context_length)
+                .min(cfg.context_length)
+                * kv_width
+        })
+        .sum();
+    outln!(
+        "KV cache (f32): {} KiB per token, {} at the full context of {} tokens",
+        per_token / 1024,
+        gib(full),
+        cfg.context_length
+    )?;
     Ok(())
 }
 

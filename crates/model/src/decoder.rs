@@ -219,11 +219,14 @@ impl Attention {
         let q = heads(self.w_query.forward(x)?, nh, &self.q_norm)?; // (B, nh, T, hs)
         let k = heads(self.w_key.forward(x)?, nkv, &self.k_norm)?; // (B, nkv, T, hs)
         let v = self.w_value.forward(x)?; // (B, T, nkv*hs)
-        let offset = pos.offset;
+                                          // Attention compares positions only: with a cache whose rows start at position `start`
+                                          // (a sliding layer forgets what it can no longer see), it runs on buffer rows.
+        let mut offset = pos.offset;
         let (k, v, tk) = match cache {
             Some((cache, layer)) => {
                 let k_rows = k.transpose(1, 2)?.reshape((b, t, nkv * hs))?;
-                let (kb, vb) = cache.append(layer, &k_rows, &v)?; // (B, capacity, nkv*hs)
+                let (kb, vb, start) = cache.append(layer, &k_rows, &v)?; // (B, capacity, nkv*hs)
+                offset -= start;
                 let tk = offset + t;
                 if train.is_none() {
                     let q_rows = q.transpose(1, 2)?.reshape((b, t, nh * hs))?;

@@ -11,6 +11,7 @@
 use crate::config::GptConfig;
 use crate::decoder::{DecoderBlock, RmsNorm, Rope};
 use crate::error::Result;
+pub use crate::kv_cache::KvCache;
 use crate::lora::LoraSpec;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Module, Tensor};
@@ -179,93 +180,6 @@ pub(crate) fn linear(
     })
 }
 
-/// Keys and values of the tokens seen so far, per layer, in their natural (B, capacity, C) layout:
-/// new positions are written in place (no copy of the whole cache per token), and the buffers grow
-/// by doubling up to the context length.
-#[derive(Debug, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    len: usize,
-    context: usize,
-}
-
-impl Clone for KvCache {
-    /// A deep copy: the buffers are written in place, so clones must not share them.
-    fn clone(&self) -> Self {
-        let copy = |l: &Option<(Tensor, Tensor)>| {
-            l.as_ref().map(|(k, v)| {
-                (
-                    k.copy().unwrap_or_else(|_| k.clone()),
-                    v.copy().unwrap_or_else(|_| v.clone()),
-                )
-            })
-        };
-        KvCache {
-            layers: self.layers.iter().map(copy).collect(),
-            len: self.len,
-            context: self.context,
-        }
-    }
-}
-
-impl KvCache {
-    /// An empty cache for `n_layers` layers and at most `context` positions.
-    pub fn new(n_layers: usize, context: usize) -> Self {
-        KvCache {
-            layers: vec![None; n_layers],
-            len: 0,
-            context,
-        }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Writes this step's keys and values (B, T, C) for `layer` after the cached positions;
-    /// returns the buffers (B, capacity, C), whose first `len() + T` positions are valid.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let (b, t, c) = k.dims3()?;
-        let need = self.len + t;
-        let cap = self.layers[layer].as_ref().map_or(0, |(k, _)| k.dims()[1]);
-        if need > cap {
-            let new_cap = (2 * cap).max(need).max(16).min(self.context.max(need));
-            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
-                let buf = Tensor::zeros((b, new_cap, c), k.dtype(), k.device())?;
-                if let Some(old) = old {
-                    buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                }
-                Ok(buf)
-            };
-            let old = self.layers[layer].take();
-            let kb = grow(old.as_ref().map(|(k, _)| k))?;
-            let vb = grow(old.as_ref().map(|(_, v)| v))?;
-            self.layers[layer] = Some((kb, vb));
-        }
-        let Some((kb, vb)) = &self.layers[layer] else {
-            unreachable!("the layer's buffers were just made")
-        };
-        kb.slice_set(&k.contiguous()?, 1, self.len)?;
-        vb.slice_set(&v.contiguous()?, 1, self.len)?;
-        Ok((kb.clone(), vb.clone()))
-    }
-
-    /// Counts the `t` positions every layer has just appended.
-    fn advance(&mut self, t: usize) {
-        self.len += t;
-    }
-}
-
 /// Causal multi-head self-attention (the book's `MultiHeadAttention`).
 #[derive(Clone, Debug)]
 pub struct MultiHeadAttention {
@@ -307,7 +221,7 @@ impl MultiHeadAttention {
         ); // (B, T, C)
         let mut tk = t;
         if let Some((cache, layer)) = cache {
-            let (kb, vb) = cache.append(layer, &k, &v)?; // (B, capacity, C)
+            let (kb, vb, _) = cache.append(layer, &k, &v)?; // (B, capacity, C); no window
             tk = offset + t;
             if train.is_none() {
                 if let Some(y) = crate::kernels::cached_attention(&q, &kb, &vb, nh, tk)? {
@@ -574,7 +488,10 @@ impl Gpt {
 
     /// A fresh cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layers, self.cfg.context_length)
+        KvCache::with_windows(
+            (0..self.cfg.n_layers).map(|i| self.cfg.window(i)).collect(),
+            self.cfg.context_length,
+        )
     }
 
     /// The dtype of the weights.

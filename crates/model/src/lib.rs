@@ -10,6 +10,7 @@ pub mod generate;
 mod gpt;
 pub mod hf;
 pub mod kernels;
+mod kv_cache;
 pub mod lora;
 pub mod modeldir;
 pub mod prompt;

@@ -234,3 +234,56 @@ fn broken_directories_name_the_file_and_the_field() {
         .to_string();
     assert!(e.contains("W_key.weight") && e.contains("[128, 64]"), "{e}");
 }
+
+#[test]
+fn gemma_sliding_layers_keep_only_their_window_with_the_same_logits() {
+    let Some(dir) = shared("fixtures/arch/gemma3-tiny") else {
+        return;
+    };
+    let dev = Device::Cpu;
+    let files = modeldir::load(&dir, &dev).unwrap();
+    let cfg = &files.config;
+    let window = cfg.sliding_window.unwrap();
+    let sliding: Vec<usize> = (0..cfg.n_layers)
+        .filter(|&i| cfg.window(i).is_some())
+        .collect();
+    assert!(!sliding.is_empty() && window == 8);
+    let model = Gpt::new(cfg, &files.weights).unwrap();
+    // 100 positions, one at a time after a 5-token prompt, against full forwards of the prefix.
+    let ids: Vec<u32> = (0..100u32).map(|i| (i * 37 + 11) % 1024).collect();
+    let mut cache = model.new_cache();
+    let prompt = Tensor::new(&ids[..5], &dev).unwrap().unsqueeze(0).unwrap();
+    model.forward_cached(&prompt, &mut cache).unwrap();
+    for p in 5..ids.len() {
+        let x = Tensor::new(&ids[p..p + 1], &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let got = model
+            .forward_cached(&x, &mut cache)
+            .unwrap()
+            .i((0, 0))
+            .unwrap();
+        for &l in &sliding {
+            assert!(
+                cache.held(l) <= 2 * window,
+                "layer {l} holds {} positions",
+                cache.held(l)
+            );
+        }
+        if p % 19 == 0 || p == ids.len() - 1 {
+            let full = Tensor::new(&ids[..=p], &dev).unwrap().unsqueeze(0).unwrap();
+            let want = model.forward(&full, None).unwrap().i((0, p)).unwrap();
+            let diff = max_diff(&got, &want);
+            assert!(
+                diff < 1e-4,
+                "position {p}: cached and full logits differ by {diff}"
+            );
+        }
+    }
+    // The global layer keeps everything.
+    let global = (0..cfg.n_layers)
+        .find(|&i| cfg.window(i).is_none())
+        .unwrap();
+    assert_eq!(cache.held(global), ids.len());
+}
