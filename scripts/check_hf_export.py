@@ -1,24 +1,26 @@
-#!/usr/bin/env python3
-"""Loads a Hugging Face GPT-2 directory with transformers and compares its logits with a reference.
+"""Loads a Hugging Face directory written by `scratchllm convert --to hf` in transformers and compares its
+logits with a fixture's (transformers' own, from the original directory).
 
-    check_hf_export.py MODEL_DIR EXPECTED_JSON EXPECTED_LOGITS_SAFETENSORS
+    check_hf_export.py EXPORTED_DIR FIXTURE_DIR
 
-EXPECTED_JSON and the logits are ../shared/fixtures/gpt2-tiny/expected.json and
-expected-logits.safetensors. Prints the largest absolute difference and exits 1 above 1e-4.
-Needs torch, transformers and safetensors (the peers' environment has them).
+FIXTURE_DIR holds expected.json (prompts with their ids) and expected-logits.safetensors (prompt0, ...).
+Prints the largest absolute difference per prompt; exits 1 when one exceeds 1e-4.
 """
 import json, sys
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
-model_dir, expected_json, expected_logits = sys.argv[1:4]
-model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
-want = load_file(expected_logits)
+exported, fixture = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(exported, torch_dtype=torch.float32).eval()
+expected = json.load(open(f"{fixture}/expected.json"))
+want = load_file(f"{fixture}/expected-logits.safetensors")
 worst = 0.0
 with torch.no_grad():
-    for i, p in enumerate(json.load(open(expected_json))["prompts"]):
-        got = model(torch.tensor([p["input_ids"]])).logits[0]
-        worst = max(worst, (got - want[f"prompt{i}.logits"]).abs().max().item())
-print(f"max abs logit difference {worst:.3g}")
-sys.exit(0 if worst < 1e-4 else 1)
+    for i, p in enumerate(expected["prompts"]):
+        got = model(torch.tensor([p["ids"]])).logits[0]
+        d = (got - want[f"prompt{i}"]).abs().max().item()
+        worst = max(worst, d)
+        print(f"prompt{i} max_abs_diff {d:.3e}")
+print(f"RESULT max_abs_diff {worst:.3e}")
+sys.exit(0 if worst <= 1e-4 else 1)

@@ -296,7 +296,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Target {
-    /// Hugging Face GPT-2 directory (transformers' GPT2LMHeadModel loads it).
+    /// Hugging Face directory (transformers' GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM or
+    /// Gemma3ForCausalLM loads it).
     Hf,
     /// Our directory: config.json + model.safetensors (the book's names) + tokenizer files.
     Scratchllm,

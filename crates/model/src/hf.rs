@@ -290,10 +290,14 @@ pub fn config_to_hf(cfg: &GptConfig, eos: u32) -> Value {
                 "sliding_window".into(),
                 json!(cfg.sliding_window.unwrap_or(cfg.context_length)),
             );
-            obj.insert(
-                "query_pre_attn_scalar".into(),
-                json!(cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim() as f64)),
-            );
+            // transformers 5 checks that it is an integer, as the Hub's files write it.
+            let qpas = cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim() as f64);
+            let qpas = if qpas.fract() == 0.0 && qpas < 1e15 {
+                json!(qpas as u64)
+            } else {
+                json!(qpas)
+            };
+            obj.insert("query_pre_attn_scalar".into(), qpas);
             obj.insert("layer_types".into(), json!(layer_type_names(cfg)));
             obj.insert("final_logit_softcapping".into(), Value::Null);
             obj.insert("attn_logit_softcapping".into(), Value::Null);

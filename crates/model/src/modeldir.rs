@@ -784,10 +784,14 @@ fn export_hf_decoder(
     }
     let stops = tokenizer.stop_ids();
     let eos = stops.first().copied().unwrap_or(0);
-    write_json(
-        &dir.join("config.json"),
-        &crate::hf::config_to_hf(config, eos),
-    )?;
+    let mut hf = crate::hf::config_to_hf(config, eos);
+    if tensors
+        .values()
+        .any(|t| t.dtype() == candle_core::DType::BF16)
+    {
+        hf["torch_dtype"] = json!("bfloat16");
+    }
+    write_json(&dir.join("config.json"), &hf)?;
     write_json(
         &dir.join("generation_config.json"),
         &json!({"bos_token_id": eos, "eos_token_id": stops}),

@@ -381,21 +381,47 @@ pub fn all_f32(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tenso
         .collect()
 }
 
-/// Writes tensors to a safetensors file atomically.
+/// Writes tensors to a safetensors file atomically, bf16 and f16 tensors as they are and every
+/// other one as f32.
 pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut views = Vec::with_capacity(names.len());
     for name in names {
-        let t = tensors[name].to_dtype(DType::F32)?.contiguous()?;
-        let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        views.push((name.clone(), t.dims().to_vec(), bytes));
+        let t = &tensors[name];
+        let (dtype, bytes): (_, Vec<u8>) = match t.dtype() {
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                t.flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            ),
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                t.flatten_all()?
+                    .to_vec1::<half::f16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            ),
+            _ => (
+                safetensors::Dtype::F32,
+                t.to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            ),
+        };
+        views.push((name.clone(), dtype, t.dims().to_vec(), bytes));
     }
     let st: Vec<(String, safetensors::tensor::TensorView)> = views
         .iter()
-        .map(|(n, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+        .map(|(n, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| ModelError::file(path, format!("tensor {n}: {e}")))
         })
