@@ -141,7 +141,27 @@ fn generate(b: GenerateBench) -> Result<()> {
         )?)
     })?;
     outln!("generated {} tokens in {secs:.3}s", ids.len())?;
-    outln!("RESULT tokens_per_s {:.1}", ids.len() as f64 / secs)?;
+    // Each new token reads every weight matrix once, except the embeddings (one row each) unless
+    // the head is the token embedding.
+    let cfg = &files.config;
+    let per_token: usize = files
+        .weights
+        .tensors()
+        .iter()
+        .filter(|(name, t)| {
+            t.rank() == 2
+                && name.as_str() != "pos_emb.weight"
+                && (name.as_str() != "tok_emb.weight" || cfg.tie_embeddings)
+        })
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum();
+    let rate = ids.len() as f64 / secs;
+    outln!(
+        "weights read per token {:.1} MB: {:.1} GB/s",
+        per_token as f64 / 1e6,
+        per_token as f64 * rate / 1e9
+    )?;
+    outln!("RESULT tokens_per_s {rate:.1}")?;
     Ok(())
 }
 

@@ -287,3 +287,39 @@ fn gemma_sliding_layers_keep_only_their_window_with_the_same_logits() {
         .unwrap();
     assert_eq!(cache.held(global), ids.len());
 }
+
+#[test]
+fn a_book_file_of_an_unknown_width_takes_the_given_configuration() {
+    // 48 wide: no GPT-2 size, so the number of heads cannot be read off the shapes.
+    let cfg = scratchllm_model::GptConfig {
+        vocab_size: 50,
+        context_length: 16,
+        emb_dim: 48,
+        n_heads: 3,
+        n_layers: 1,
+        ..Default::default()
+    };
+    let w = scratchllm_model::Weights::random(&cfg, 1, &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("model.safetensors");
+    scratchllm_model::weights::write_safetensors(w.tensors(), &file).unwrap();
+    let e = modeldir::load(&file, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("emb_dim 48") && e.contains("--model-config"),
+        "{e}"
+    );
+    let files = modeldir::load_with(&file, Some(&cfg), &Device::Cpu).unwrap();
+    assert_eq!(files.config, cfg);
+    Gpt::new(&files.config, &files.weights).unwrap();
+    // A configuration that does not fit the weights is named when the model is built.
+    let wrong = scratchllm_model::GptConfig { n_layers: 2, ..cfg };
+    let files = modeldir::load_with(&file, Some(&wrong), &Device::Cpu).unwrap();
+    let e = Gpt::new(&files.config, &files.weights)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("trf_blocks.1"), "{e}");
+}
