@@ -712,18 +712,35 @@ impl Server {
     }
 }
 
+/// `chat --temperature 0` of `model` with `input` on stdin; (stdout, stderr).
+fn chat(model: &Path, max_tokens: &str, input: &str) -> (String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
+        .args(["chat", "--model", s(model), "--temperature", "0"])
+        .args(["--max-tokens", max_tokens])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    (text(&o.stdout), err)
+}
+
 #[test]
 fn qwen3_chat_and_serve_render_its_template_and_stop_at_im_end() {
     let Some(tok) = qwen3_tokenizer() else {
         return;
     };
-    // A qwen3-tiny model with the real 151k-token vocabulary memorizes one exchange in Qwen3's
-    // chat format: it answers the rendered prompt with "Hi there" and <|im_end|>.
+    // A qwen3-tiny model with the real 151k-token vocabulary (one pretraining step)...
     let tmp = tempfile::tempdir().unwrap();
-    let exchange = format!("{}Hi there<|im_end|>\n", qwen3_prompt("Hello"));
-    let corpus = tmp.path().join("chat.txt");
-    std::fs::write(&corpus, exchange.repeat(64)).unwrap();
-    let run = tmp.path().join("run");
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "Every effort moves you. ".repeat(80)).unwrap();
+    let base = tmp.path().join("base");
     ok(&[
         "pretrain",
         "--model",
@@ -733,54 +750,70 @@ fn qwen3_chat_and_serve_render_its_template_and_stop_at_im_end() {
         "--data",
         s(&corpus),
         "--out",
-        s(&run),
+        s(&base),
         "--context-length",
         "32",
-        "--stride",
-        "5",
         "--batch-size",
-        "4",
-        "--lr",
-        "1e-2",
+        "1",
         "--max-steps",
-        "40",
-        "--eval-every",
-        "0",
+        "1",
         "--eval-batches",
         "1",
         "--sample-prompt",
         "",
     ]);
+    // ...chats in its tokenizer's template by default (nothing recorded says otherwise).
+    let (_, err) = chat(&base.join("model"), "1", "Hello\n");
+    assert!(
+        err.contains("(template prompts, context 32 tokens)"),
+        "{err}"
+    );
+
+    // Instruction-tuned through the template on one exchange, it answers that prompt with "Hi
+    // there" and <|im_end|> (Qwen3's end of turn, also its eos).
+    let data = tmp.path().join("hello.json");
+    let entry = json!({"instruction": "Hello", "input": "", "output": "Hi there"});
+    std::fs::write(&data, Value::Array(vec![entry; 10]).to_string()).unwrap();
+    let run = tmp.path().join("tuned");
+    ok(&[
+        "finetune",
+        "instruct",
+        "--model",
+        s(&base.join("model")),
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--prompt-style",
+        "template",
+        "--mask-prompt",
+        "--split",
+        "0.8,0.1",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "5",
+        "--lr",
+        "1e-2",
+        "--eval-batches",
+        "1",
+        "--response-tokens",
+        "0",
+    ]);
     let model = run.join("model");
-    // `generate` on the rendered prompt: the memorized answer, then <|im_end|> (151645).
-    let ids = greedy_ids(&model, &qwen3_prompt("Hello"), 4, true);
-    assert_eq!(ids[ids.len() - 2..], [151645, 198], "{ids:?}");
+    // `generate` on the template's rendering: "Hi", " there", <|im_end|> (151645).
+    let rendered = qwen3_prompt("Hello");
+    let ids = greedy_ids(&model, &rendered, 3, true);
+    assert_eq!(ids, [13048, 1052, 151645]);
 
-    // `chat` renders the template itself (it is the default for this tokenizer), answers with
-    // exactly the memorized text, and stops at <|im_end|> though 20 tokens were allowed.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
-        .args([
-            "chat",
-            "--model",
-            s(&model),
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "20",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
-    let o = child.wait_with_output().unwrap();
-    let err = text(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    // `chat` renders the same prompt itself: exactly that answer, stopped at <|im_end|> though 20
+    // tokens were allowed (past it the model only repeats <|im_end|>).
+    let (out, err) = chat(&model, "20", "Hello\n");
     assert!(err.contains("(template prompts"), "{err}");
-    assert_eq!(text(&o.stdout), "Hi there\n", "{err}");
+    assert_eq!(out, "Hi there\n", "{err}");
 
-    // `serve`: one chat completion, answered through the template, finished by a stop.
+    // `serve`: one chat completion through the template (9 prompt tokens: <|im_start|> user \n
+    // Hello <|im_end|> \n <|im_start|> assistant \n), finished by the stop.
     let server = Server::start(&model);
     let (status, r) = server.post(
         "/v1/chat/completions",
@@ -789,7 +822,7 @@ fn qwen3_chat_and_serve_render_its_template_and_stop_at_im_end() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["choices"][0]["message"]["content"], "Hi there", "{r}");
     assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
-    assert_eq!(r["usage"]["completion_tokens"], 3, "{r}");
+    assert_eq!(r["usage"]["prompt_tokens"], 9, "{r}");
 }
 
 #[test]
