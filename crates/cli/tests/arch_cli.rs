@@ -883,6 +883,28 @@ fn bad_input_is_named() {
             && err.contains("llama3-tiny, qwen3-tiny, gemma3-tiny"),
         "{err}"
     );
+    // So does every command that takes a model path or a preset.
+    let err = fails(&["generate", "--model", "qwen4-tiny", "--prompt", "Hi"]);
+    assert!(
+        err.contains(
+            "qwen4-tiny: no such model file or directory, and not a preset (presets: gpt2-tiny,"
+        ) && err.contains("qwen3-tiny"),
+        "{err}"
+    );
+    let err = fails(&[
+        "finetune",
+        "classify",
+        "--model",
+        "qwen4-tiny",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("and not a preset (presets: gpt2-tiny,"),
+        "{err}"
+    );
     // A training window past the model's context.
     let Some((dir, _)) = fixture("qwen3-tiny") else {
         return;
