@@ -890,7 +890,7 @@ fn bad_input_is_named() {
     let err = fails(&["generate", "--model", "qwen4-tiny", "--prompt", "Hi"]);
     assert!(
         err.contains(
-            "qwen4-tiny: no such model file or directory, and not a preset (presets: gpt2-tiny,"
+            "qwen4-tiny: no such file or directory, and not a preset (presets: gpt2-tiny,"
         ) && err.contains("qwen3-tiny"),
         "{err}"
     );

@@ -532,7 +532,7 @@ fn neither_path_nor_preset(spec: &str) -> Result<&Path> {
     Err(ModelError::file(
         path,
         format!(
-            "no such model file or directory, and not a preset (presets: {})",
+            "no such file or directory, and not a preset (presets: {})",
             crate::config::PRESETS.join(", ")
         ),
     ))
