@@ -168,7 +168,9 @@ pub struct TuneArgs {
     /// LoRA alpha; adapters are scaled by alpha / rank.
     #[arg(long, default_value_t = 16.0)]
     pub lora_alpha: f64,
-    /// Layers that get adapters: attention, ff, head (comma-separated).
+    /// Layers that get adapters (comma-separated): the groups attention, ff and head, or single
+    /// roles query, key, value, output, gate, up, down (gate only in gated feed-forwards: Llama,
+    /// Qwen3, Gemma).
     #[arg(long, value_delimiter = ',', default_value = "attention,ff")]
     pub lora_targets: Vec<String>,
     /// With LoRA, also write model/ with the adapters merged.
@@ -219,8 +221,12 @@ fn lora_spec(rank: usize, alpha: f64, targets: &[String]) -> Result<LoraSpec> {
     let targets = targets
         .iter()
         .map(|t| {
-            Target::parse(t)
-                .with_context(|| format!("unknown LoRA target {t:?} (attention, ff or head)"))
+            Target::parse(t).with_context(|| {
+                format!(
+                    "unknown LoRA target {t:?} (attention, ff, head, or one role: query, key, \
+                     value, output, gate, up, down)"
+                )
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(LoraSpec {

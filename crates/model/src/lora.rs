@@ -72,6 +72,22 @@ pub enum Target {
 impl Target {
     pub const ALL: [Target; 3] = [Target::Attention, Target::FeedForward, Target::Head];
 
+    /// The name `parse` reads (the short one for the groups).
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Attention => "attention",
+            Target::FeedForward => "ff",
+            Target::Head => "head",
+            Target::Query => "query",
+            Target::Key => "key",
+            Target::Value => "value",
+            Target::Output => "output",
+            Target::Gate => "gate",
+            Target::Up => "up",
+            Target::Down => "down",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "attention" | "att" => Some(Target::Attention),
@@ -151,7 +167,8 @@ impl LoraSpec {
             roles.sort_unstable();
             roles.dedup();
             return Err(ModelError::Config(format!(
-                "LoRA target {t:?} names no layer of this {} model (its layers' roles: {})",
+                "LoRA target {} names no layer of this {} model (its layers' roles: {})",
+                t.name(),
                 cfg.arch.name(),
                 roles.join(", ")
             )));

@@ -518,8 +518,24 @@ fn not_the_books_layout(file: &Path, dir: &Path, tensors: &HashMap<String, Tenso
 pub fn load_or_preset_stored(spec: &str, seed: u64, device: &Device) -> Result<ModelFiles> {
     match GptConfig::preset(spec) {
         Some(_) if !Path::new(spec).exists() => load_or_preset(spec, seed, device),
-        _ => load_stored(Path::new(spec), device),
+        _ => load_stored(neither_path_nor_preset(spec)?, device),
     }
+}
+
+/// `spec` as a path, or an error listing the presets when it is neither a path nor one of them
+/// (`--model qwen4-tiny` is more likely a mistyped preset than a missing directory).
+fn neither_path_nor_preset(spec: &str) -> Result<&Path> {
+    let path = Path::new(spec);
+    if path.exists() || GptConfig::preset(spec).is_some() {
+        return Ok(path);
+    }
+    Err(ModelError::file(
+        path,
+        format!(
+            "no such file or directory, and not a preset (presets: {})",
+            crate::config::PRESETS.join(", ")
+        ),
+    ))
 }
 
 /// A preset with random weights, or a model path.
@@ -537,7 +553,7 @@ pub fn load_or_preset(spec: &str, seed: u64, device: &Device) -> Result<ModelFil
             });
         }
     }
-    load(Path::new(spec), device)
+    load(neither_path_nor_preset(spec)?, device)
 }
 
 /// Saves in our layout: config.json, model.safetensors (book names), tokenizer files.

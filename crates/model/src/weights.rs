@@ -118,8 +118,12 @@ impl Weights {
 
     /// Random weights as the book initializes them (PyTorch defaults: Linear and Embedding from
     /// kaiming-uniform / normal(0, 1); norms at scale 1, shift 0); used for fresh models and benchmarks.
+    /// Llama, Qwen3 and Gemma 3 are initialized as transformers does ([`random_decoder`]).
     pub fn random(cfg: &GptConfig, seed: u64, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        if cfg.arch.is_decoder() {
+            return random_decoder(cfg, seed, device);
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (v, c) = (cfg.vocab_size, cfg.emb_dim);
         let mut t = HashMap::new();
@@ -155,45 +159,6 @@ impl Weights {
             )?)
         };
         t.insert("tok_emb.weight".into(), normal(v)?);
-        if cfg.arch.is_decoder() {
-            let norm = |t: &mut HashMap<String, Tensor>, name: String, n: usize| -> Result<()> {
-                // Gemma's scale is 1 + w: zeros there, ones elsewhere, so every norm starts at 1.
-                let init = if cfg.arch == crate::config::Arch::Gemma3 {
-                    0.0
-                } else {
-                    1.0
-                };
-                t.insert(name, Tensor::full(init, n, device)?);
-                Ok(())
-            };
-            let (hs, h) = (cfg.head_dim(), cfg.ff_dim());
-            let (q, kv) = (cfg.n_heads * hs, cfg.kv_heads() * hs);
-            for i in 0..cfg.n_layers {
-                let p = format!("trf_blocks.{i}");
-                linear(&mut t, format!("{p}.att.W_query"), q, c, cfg.qkv_bias)?;
-                linear(&mut t, format!("{p}.att.W_key"), kv, c, cfg.qkv_bias)?;
-                linear(&mut t, format!("{p}.att.W_value"), kv, c, cfg.qkv_bias)?;
-                linear(&mut t, format!("{p}.att.out_proj"), c, q, false)?;
-                linear(&mut t, format!("{p}.ff.fc1"), h, c, false)?;
-                linear(&mut t, format!("{p}.ff.fc2"), h, c, false)?;
-                linear(&mut t, format!("{p}.ff.fc3"), c, h, false)?;
-                norm(&mut t, format!("{p}.norm1.scale"), c)?;
-                norm(&mut t, format!("{p}.norm2.scale"), c)?;
-                if cfg.arch != crate::config::Arch::Llama {
-                    norm(&mut t, format!("{p}.att.q_norm.scale"), hs)?;
-                    norm(&mut t, format!("{p}.att.k_norm.scale"), hs)?;
-                }
-                if cfg.arch == crate::config::Arch::Gemma3 {
-                    norm(&mut t, format!("{p}.post_att_norm.scale"), c)?;
-                    norm(&mut t, format!("{p}.post_ff_norm.scale"), c)?;
-                }
-            }
-            norm(&mut t, "final_norm.scale".into(), c)?;
-            if !cfg.tie_embeddings {
-                linear(&mut t, "out_head".into(), v, c, false)?;
-            }
-            return Ok(Weights::new(t, "random initialization"));
-        }
         t.insert("pos_emb.weight".into(), normal(cfg.context_length)?);
         for i in 0..cfg.n_layers {
             let p = format!("trf_blocks.{i}");
@@ -227,6 +192,69 @@ impl Weights {
         }
         Ok(Weights::new(t, "random initialization"))
     }
+}
+
+/// transformers' `_init_weights` for Llama, Qwen3 and Gemma 3: every matrix (embedding and linear
+/// layers) from N(0, 0.02), the published models' `initializer_range`; norms start at 1 (Gemma's
+/// scale is 1 + w, so zeros there). The book's N(0, 1) embedding is wrong here: with a tied head
+/// and RMSNorm, each token's own logit starts near `emb_dim` (a first loss of ~60 instead of
+/// ln(vocab) for llama3-tiny).
+fn random_decoder(cfg: &GptConfig, seed: u64, device: &Device) -> Result<Weights> {
+    const STD: f32 = 0.02;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut t = HashMap::new();
+    let mut matrix =
+        |t: &mut HashMap<String, Tensor>, name: String, rows: usize, cols: usize| -> Result<()> {
+            let w: Vec<f32> = standard_normal(rows * cols, &mut rng)
+                .into_iter()
+                .map(|x| x * STD)
+                .collect();
+            t.insert(name, Tensor::from_vec(w, (rows, cols), device)?);
+            Ok(())
+        };
+    let norm_init = if cfg.arch == crate::config::Arch::Gemma3 {
+        0.0
+    } else {
+        1.0
+    };
+    let norm = |t: &mut HashMap<String, Tensor>, name: String, n: usize| -> Result<()> {
+        t.insert(name, Tensor::full(norm_init, n, device)?);
+        Ok(())
+    };
+    let (v, c, hs, h) = (cfg.vocab_size, cfg.emb_dim, cfg.head_dim(), cfg.ff_dim());
+    let (q, kv) = (cfg.n_heads * hs, cfg.kv_heads() * hs);
+    matrix(&mut t, "tok_emb.weight".into(), v, c)?;
+    for i in 0..cfg.n_layers {
+        let p = format!("trf_blocks.{i}");
+        for (m, out_dim) in [("W_query", q), ("W_key", kv), ("W_value", kv)] {
+            matrix(&mut t, format!("{p}.att.{m}.weight"), out_dim, c)?;
+            if cfg.qkv_bias {
+                t.insert(
+                    format!("{p}.att.{m}.bias"),
+                    Tensor::zeros(out_dim, DType::F32, device)?,
+                );
+            }
+        }
+        matrix(&mut t, format!("{p}.att.out_proj.weight"), c, q)?;
+        matrix(&mut t, format!("{p}.ff.fc1.weight"), h, c)?;
+        matrix(&mut t, format!("{p}.ff.fc2.weight"), h, c)?;
+        matrix(&mut t, format!("{p}.ff.fc3.weight"), c, h)?;
+        norm(&mut t, format!("{p}.norm1.scale"), c)?;
+        norm(&mut t, format!("{p}.norm2.scale"), c)?;
+        if cfg.arch != crate::config::Arch::Llama {
+            norm(&mut t, format!("{p}.att.q_norm.scale"), hs)?;
+            norm(&mut t, format!("{p}.att.k_norm.scale"), hs)?;
+        }
+        if cfg.arch == crate::config::Arch::Gemma3 {
+            norm(&mut t, format!("{p}.post_att_norm.scale"), c)?;
+            norm(&mut t, format!("{p}.post_ff_norm.scale"), c)?;
+        }
+    }
+    norm(&mut t, "final_norm.scale".into(), c)?;
+    if !cfg.tie_embeddings {
+        matrix(&mut t, "out_head.weight".into(), v, c)?;
+    }
+    Ok(Weights::new(t, "random initialization"))
 }
 
 /// `n` draws from N(0, 1) (Box–Muller), as `nn.Embedding` initializes.

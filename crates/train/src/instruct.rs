@@ -146,7 +146,7 @@ pub fn tokenize(e: &Entry, style: PromptStyle, tok: &Tokenizer) -> Result<Tokeni
 
 /// The book's `custom_collate_fn`: each sequence gets one `pad_id` (end-of-text) and the batch is
 /// padded to its longest + 1; inputs drop the last position, targets the first; in the targets every
-/// pad after the first is `-100`; `mask_prompt` also ignores the targets that predict prompt tokens;
+/// pad after the sequence's first is `-100` (a pad id inside the sequence is a token like any other); `mask_prompt` also ignores the targets that predict prompt tokens;
 /// `max_length` cuts inputs and targets. Returns inputs (B, T) as ids and targets as `i64`.
 pub fn collate(
     batch: &[&Tokenized],
@@ -163,14 +163,11 @@ pub fn collate(
         let mut x = padded[..longest - 1].to_vec();
         let mut y: Vec<i64> = padded[1..].iter().map(|&i| i as i64).collect();
         // Pads in the targets: the first stays (the model learns to stop), the rest are ignored.
-        let mut seen_pad = false;
-        for v in y.iter_mut() {
-            if *v == pad_id as i64 {
-                if seen_pad {
-                    *v = IGNORE_INDEX;
-                }
-                seen_pad = true;
-            }
+        // By position, where the book's `custom_collate_fn` goes by value: a chat template's own
+        // tokens can be the pad (Qwen3's eos is <|im_end|>, which closes the user's turn in every
+        // prompt), and counting that one as the first pad would ignore the response's end.
+        for v in y.iter_mut().skip(t.ids.len()) {
+            *v = IGNORE_INDEX;
         }
         if mask_prompt {
             // Target j predicts token j + 1: the prompt's tokens 1..prompt_len.

@@ -100,15 +100,24 @@ impl OptimConfig {
                 "--lr {lr} must be a positive number of at most {MAX_LR} (AdamW moves every weight by about the rate each step; 1e-5 to 1e-3 is usual)"
             ));
         }
+        // The warmup's start only bounds a warmup that happens: DPO's default rate (5e-6) is
+        // below the default start (1e-5), and without warmup the start is never used.
+        let warmup_start = Some(self.warmup_start_lr).filter(|_| self.warmup_steps > 0);
         for (name, v) in [
             ("--min-lr", self.min_lr),
-            ("--warmup-start-lr", Some(self.warmup_start_lr)),
+            ("--warmup-start-lr", warmup_start),
         ] {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0 && v <= lr) {
                     return bad(format!("{name} {v} must be between 0 and --lr {lr}"));
                 }
             }
+        }
+        let v = self.warmup_start_lr;
+        if !(v.is_finite() && v >= 0.0) {
+            return bad(format!(
+                "--warmup-start-lr {v} must be a number of at least 0"
+            ));
         }
         let wd = self.weight_decay;
         if !(wd.is_finite() && wd >= 0.0 && wd * lr < 1.0) {

@@ -52,6 +52,32 @@ fn collate_matches_the_books_example() {
 }
 
 #[test]
+fn a_pad_id_inside_the_prompt_is_not_the_padding() {
+    // Qwen3's template closes the user's turn with <|im_end|> (151645), also its eos and so the
+    // pad: the response's own end must stay a target, and only the padding after it is ignored.
+    let (im_end, p) = (151645u32, 151645i64);
+    let items = [
+        Tokenized {
+            ids: vec![1, 2, im_end, 3, 4],
+            prompt_len: 4,
+        },
+        Tokenized {
+            ids: vec![1, im_end, 5],
+            prompt_len: 2,
+        },
+    ];
+    let refs: Vec<&Tokenized> = items.iter().collect();
+    let (x, y) = collate(&refs, im_end, true, None);
+    assert_eq!(x[1], vec![1, im_end, 5, im_end, im_end]);
+    assert_eq!(
+        y,
+        vec![vec![-100, -100, -100, 4, p], vec![-100, 5, p, -100, -100]]
+    );
+    let (_, y) = collate(&refs, im_end, false, None);
+    assert_eq!(y, vec![vec![2, p, 3, 4, p], vec![p, 5, p, -100, -100]]);
+}
+
+#[test]
 fn entries_are_checked_and_named_by_index() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("d.json");
