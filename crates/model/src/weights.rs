@@ -218,7 +218,7 @@ fn random_decoder(cfg: &GptConfig, seed: u64, device: &Device) -> Result<Weights
         1.0
     };
     let norm = |t: &mut HashMap<String, Tensor>, name: String, n: usize| -> Result<()> {
-        t.insert(name, Tensor::full(norm_init, n, device)?);
+        t.insert(name, Tensor::full(norm_init as f32, n, device)?);
         Ok(())
     };
     let (v, c, hs, h) = (cfg.vocab_size, cfg.emb_dim, cfg.head_dim(), cfg.ff_dim());

@@ -323,3 +323,52 @@ fn a_book_file_of_an_unknown_width_takes_the_given_configuration() {
         .to_string();
     assert!(e.contains("trf_blocks.1"), "{e}");
 }
+
+#[test]
+fn bf16_autocast_forward_stays_close_to_f32_for_every_fixture() {
+    for name in FIXTURES {
+        let Some(dir) = shared(&format!("fixtures/arch/{name}")) else {
+            return;
+        };
+        let files = modeldir::load(&dir, &Device::Cpu).unwrap();
+        let model = Gpt::new(&files.config, &files.weights).unwrap();
+        let x = Tensor::new(&[[37u32, 356, 89, 310, 676, 294, 84, 428]], &Device::Cpu).unwrap();
+        let exact = model.forward(&x, None).unwrap();
+        let rng = scratchllm_model::DropoutRng::new(1);
+        let _bf16 = scratchllm_model::kernels::Autocast::bf16(true);
+        let mixed = model.forward(&x, Some(&rng)).unwrap();
+        assert_eq!(mixed.dtype(), candle_core::DType::F32, "{name}");
+        let diff = max_diff(&exact, &mixed);
+        assert!(
+            diff < 0.1,
+            "{name}: bf16 products moved the logits by {diff}"
+        );
+    }
+}
+
+#[test]
+fn decoder_presets_start_in_f32_at_the_uniform_loss() {
+    for preset in ["llama3-tiny", "qwen3-tiny", "gemma3-tiny"] {
+        let cfg = scratchllm_model::GptConfig::preset(preset).unwrap();
+        let w = scratchllm_model::Weights::random(&cfg, 3, &Device::Cpu).unwrap();
+        let bad = w
+            .tensors()
+            .iter()
+            .find(|(_, t)| t.dtype() != candle_core::DType::F32);
+        assert!(
+            bad.is_none(),
+            "{preset}: {:?} is not f32",
+            bad.map(|(n, t)| (n, t.dtype()))
+        );
+        let model = Gpt::new(&cfg, &w).unwrap();
+        let x = Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap();
+        let logits = model.forward(&x, None).unwrap();
+        let lse = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
+        let loss = -lse.i((0, 0, 5)).unwrap().to_scalar::<f32>().unwrap();
+        let uniform = (cfg.vocab_size as f32).ln();
+        assert!(
+            (loss - uniform).abs() < 1.0,
+            "{preset}: first loss {loss}, ln V {uniform}"
+        );
+    }
+}
