@@ -4,7 +4,8 @@
 # pretrain a small Llama-style model with that tokenizer for a few minutes with a progress bar, write
 # the loss plot, generate text with the result, and print how to chat with it and serve it.
 #
-#   scripts/demo.sh [MAX_STEPS]        # default 200 steps of 16 x 128 tokens (about 3 minutes on 2 cores)
+#   scripts/demo.sh [MAX_STEPS]   # default 200 steps of 16 x 128 tokens: about 3 minutes on 2 idle
+#                                 # cores, 10 on 2 busy ones (there, 90 steps take about 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${1:-200}
