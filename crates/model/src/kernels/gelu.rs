@@ -9,6 +9,14 @@ const K: f32 = 0.797_884_6; // sqrt(2 / pi)
 const A: f32 = 0.044_715;
 const CHUNK: usize = 16 * 1024;
 
+/// `gelu_tanh(x)` and its derivative (the gated units use it too).
+#[inline(always)]
+pub(super) fn value_and_slope(x: f32) -> (f32, f32) {
+    let t = super::tanh(K * (x + A * x * x * x));
+    let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * A * x * x);
+    (0.5 * x * (1.0 + t), d)
+}
+
 /// GELU of `x`, fused on the CPU for f32.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if use_fused(x) {
@@ -21,8 +29,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 multiversion! {
     fn forward(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            let t = super::tanh(K * (x + A * x * x * x));
-            *y = 0.5 * x * (1.0 + t);
+            *y = value_and_slope(x).0;
         }
     }
 }
@@ -30,9 +37,7 @@ multiversion! {
 multiversion! {
     fn backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
         for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-            let t = super::tanh(K * (x + A * x * x * x));
-            let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * A * x * x);
-            *dx = g * d;
+            *dx = g * value_and_slope(x).1;
         }
     }
 }

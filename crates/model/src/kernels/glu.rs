@@ -4,11 +4,10 @@
 //!
 //! `silu(a) = a s`, `s = 1 / (1 + e^-a)`, `silu'(a) = s (1 + a (1 - s))`; GELU and its derivative
 //! as in [`super::gelu`]. Backward: `dgate = dy up act'(gate)`, `dup = dy act(gate)`.
+use super::gelu::value_and_slope as gelu;
 use super::{multiversion, par_for, reference, slice, use_fused, Out};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-const K: f32 = 0.797_884_6; // sqrt(2 / pi)
-const A: f32 = 0.044_715;
 const CHUNK: usize = 16 * 1024;
 
 /// `silu(gate) * up`, fused on the CPU for f32.
@@ -49,14 +48,6 @@ enum Act {
 fn silu(a: f32) -> (f32, f32) {
     let s = 1.0 / (1.0 + super::exp(-a));
     (a * s, s * (1.0 + a * (1.0 - s)))
-}
-
-/// `gelu_tanh(a)` and its derivative.
-#[inline(always)]
-fn gelu(a: f32) -> (f32, f32) {
-    let t = super::tanh(K * (a + A * a * a * a));
-    let d = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * K * (1.0 + 3.0 * A * a * a);
-    (0.5 * a * (1.0 + t), d)
 }
 
 multiversion! {
