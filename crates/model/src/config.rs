@@ -36,10 +36,6 @@ impl Arch {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Arch::ALL.into_iter().find(|a| a.name() == s)
-    }
-
     /// Whether this is one of the RoPE/RMSNorm decoders of `decoder.rs`.
     pub fn is_decoder(self) -> bool {
         self != Arch::Gpt2

@@ -78,15 +78,6 @@ impl KvCache {
             .map_or(0, |l| self.len - l.start)
     }
 
-    /// Bytes of every layer's buffers (their capacity, not only the valid rows).
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|l| 2 * l.k.elem_count() * l.k.dtype().size_in_bytes())
-            .sum()
-    }
-
     /// Writes this step's keys and values (B, T, W) for `layer` after the cached positions; returns
     /// the buffers (B, capacity, W), whose first `len() - start + T` rows are valid, and `start`,
     /// the position of row 0 (0 unless the layer slides).
