@@ -24,12 +24,7 @@ pub const DTYPE_HELP: &str = "Weight matrices in f32 or bf16 [default: bf16 for 
 /// The model of `files` with its matrices stored as `dtype` (default: as the file stores them, see
 /// [`DTYPE_HELP`]); `files` then holds those weights, so no second copy stays.
 pub fn build_model(files: &mut ModelFiles, dtype: Option<WeightDtype>) -> Result<Gpt> {
-    let bf16 = match dtype {
-        Some(d) => d == WeightDtype::Bf16,
-        None => files.weights.stores_bf16(),
-    };
-    let weights = std::mem::replace(&mut files.weights, Weights::new(Default::default(), ""));
-    files.weights = weights.for_inference(bf16)?;
+    files.prepare_inference(dtype.map(|d| d == WeightDtype::Bf16))?;
     Ok(Gpt::new(&files.config, &files.weights)?)
 }
 

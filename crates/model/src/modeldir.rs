@@ -43,6 +43,23 @@ pub struct ModelFiles {
     pub prompt_style: Option<PromptStyle>,
 }
 
+impl ModelFiles {
+    /// The weights converted for inference (see [`Weights::converted`]): bf16 matrices when
+    /// `bf16` says so, by default when the file stores them so; f32 otherwise.
+    pub fn prepare_inference(&mut self, bf16: Option<bool>) -> Result<()> {
+        let bf16 = bf16.unwrap_or_else(|| self.weights.stores_bf16());
+        let stored = std::mem::replace(&mut self.weights, Weights::new(HashMap::new(), ""));
+        self.weights = stored.converted(bf16)?;
+        Ok(())
+    }
+
+    /// Every tensor in f32 (what training and the exact paths compute in).
+    fn widened(mut self) -> Result<Self> {
+        self.prepare_inference(Some(false))?;
+        Ok(self)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct OurConfigFile {
     format: String,
@@ -64,11 +81,7 @@ pub fn load(path: &Path, device: &Device) -> Result<ModelFiles> {
 /// [`load`]; a file that carries no configuration (the book's safetensors) takes `config` when
 /// given, instead of one read off its tensor shapes (which cannot tell the number of heads).
 pub fn load_with(path: &Path, config: Option<&GptConfig>, device: &Device) -> Result<ModelFiles> {
-    let mut files = load_stored_with(path, config, device)?;
-    let source = files.weights.source().to_string();
-    let tensors = weights::all_f32(files.weights.into_tensors())?;
-    files.weights = Weights::new(tensors, source);
-    Ok(files)
+    load_stored_with(path, config, device)?.widened()
 }
 
 /// [`load`], with every tensor in the dtype the file stores it in (a bf16 model stays bf16: it is
@@ -517,7 +530,14 @@ fn not_the_books_layout(file: &Path, dir: &Path, tensors: &HashMap<String, Tenso
 /// [`load_or_preset`], keeping the stored dtypes (see [`load_stored`]).
 pub fn load_or_preset_stored(spec: &str, seed: u64, device: &Device) -> Result<ModelFiles> {
     match GptConfig::preset(spec) {
-        Some(_) if !Path::new(spec).exists() => load_or_preset(spec, seed, device),
+        Some(config) if !Path::new(spec).exists() => Ok(ModelFiles {
+            weights: Weights::random(&config, seed, device)?,
+            config,
+            tokenizer: tk::gpt2()?,
+            layout: Layout::Preset,
+            classifier: None,
+            prompt_style: None,
+        }),
         _ => load_stored(neither_path_nor_preset(spec)?, device),
     }
 }
@@ -540,20 +560,7 @@ fn neither_path_nor_preset(spec: &str) -> Result<&Path> {
 
 /// A preset with random weights, or a model path.
 pub fn load_or_preset(spec: &str, seed: u64, device: &Device) -> Result<ModelFiles> {
-    if let Some(config) = GptConfig::preset(spec) {
-        if !Path::new(spec).exists() {
-            let weights = Weights::random(&config, seed, device)?;
-            return Ok(ModelFiles {
-                config,
-                weights,
-                tokenizer: tk::gpt2()?,
-                layout: Layout::Preset,
-                classifier: None,
-                prompt_style: None,
-            });
-        }
-    }
-    load(neither_path_nor_preset(spec)?, device)
+    load_or_preset_stored(spec, seed, device)?.widened()
 }
 
 /// Saves in our layout: config.json, model.safetensors (book names), tokenizer files.

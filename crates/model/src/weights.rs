@@ -58,28 +58,6 @@ impl Weights {
         self.tensors
     }
 
-    /// The same weights with every matrix (linear layers, embeddings) stored as `dtype` and the
-    /// vectors (biases, norms) left as they are: the model then computes in the vectors' dtype and
-    /// reads the matrices in `dtype` (bf16 halves the memory and the bytes generation streams).
-    pub fn matrices_to(&self, dtype: DType) -> Result<Weights> {
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|(n, t)| {
-                let t = if t.rank() == 2 {
-                    t.to_dtype(dtype)?
-                } else {
-                    t.clone()
-                };
-                Ok((n.clone(), t))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Weights::new(
-            tensors,
-            format!("{} ({dtype:?} matrices)", self.source),
-        ))
-    }
-
     /// Whether the matrices are stored in bf16 (a model published in bf16).
     pub fn stores_bf16(&self) -> bool {
         self.tensors
@@ -87,11 +65,11 @@ impl Weights {
             .any(|t| t.rank() == 2 && t.dtype() == DType::BF16)
     }
 
-    /// The weights for inference, converted tensor by tensor (each stored tensor is freed as its
-    /// replacement is made, so a bf16 model is never held twice): vectors (norms, biases) in f32,
-    /// matrices in bf16 when `bf16_matrices`, else f32. A matrix already in the wanted dtype is
-    /// kept as it is, without a copy.
-    pub fn for_inference(self, bf16_matrices: bool) -> Result<Weights> {
+    /// The weights converted tensor by tensor (each stored tensor is freed as its replacement is
+    /// made, so a bf16 model is never held twice): vectors (norms, biases) in f32, matrices
+    /// (linear layers, embeddings) in bf16 when `bf16_matrices` (half the memory and the bytes
+    /// generation streams), else f32. A tensor already in the wanted dtype is kept without a copy.
+    pub fn converted(self, bf16_matrices: bool) -> Result<Weights> {
         let source = if bf16_matrices {
             format!("{} (bf16 matrices)", self.source)
         } else {
@@ -399,14 +377,6 @@ pub fn read_hf_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, T
         out,
         format!("{} ({} shards)", index.display(), shards.len()),
     ))
-}
-
-/// `tensors` with every floating-point tensor in f32 (what training and the exact paths compute in).
-pub fn all_f32(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-    tensors
-        .into_iter()
-        .map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?)))
-        .collect()
 }
 
 /// Writes tensors to a safetensors file atomically, bf16 and f16 tensors as they are and every

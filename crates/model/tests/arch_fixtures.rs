@@ -170,7 +170,11 @@ fn sharded_bf16_directories_stay_bf16_until_asked_for_f32() {
         // f32 computation from the bf16 weights equals the rounded weights' f32 model.
         let f32_files = modeldir::load(tmp.path(), &Device::Cpu).unwrap();
         let rounded = Gpt::new(&f32_files.config, &f32_files.weights).unwrap();
-        let mixed = Gpt::new(&stored.config, &stored.weights.for_inference(true).unwrap()).unwrap();
+        let mixed = Gpt::new(
+            &stored.config,
+            &stored.weights.clone().converted(true).unwrap(),
+        )
+        .unwrap();
         let x = Tensor::new(&[[37u32, 356, 89, 310, 676, 294]], &Device::Cpu).unwrap();
         let a = rounded.forward(&x, None).unwrap();
         let b = mixed.forward(&x, None).unwrap();

@@ -121,7 +121,7 @@ fn bf16_weights_compute_as_the_rounded_weights_in_f32() {
         ..config()
     };
     let weights = Weights::random(&cfg, 11, &Device::Cpu).unwrap();
-    let narrow = weights.matrices_to(DType::BF16).unwrap();
+    let narrow = weights.converted(true).unwrap();
     assert_eq!(
         narrow.tensors()["trf_blocks.0.ff.layers.0.weight"].dtype(),
         DType::BF16
@@ -130,7 +130,7 @@ fn bf16_weights_compute_as_the_rounded_weights_in_f32() {
         narrow.tensors()["trf_blocks.0.norm1.scale"].dtype(),
         DType::F32
     );
-    let rounded = narrow.matrices_to(DType::F32).unwrap();
+    let rounded = narrow.clone().converted(false).unwrap();
     let a = Gpt::new(&cfg, &narrow).unwrap();
     let b = Gpt::new(&cfg, &rounded).unwrap();
     let prompt = Tensor::new(&[[3u32, 99, 250, 7, 1, 2, 3, 4, 5, 6]], &Device::Cpu).unwrap();

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::{Engine, Event, Finish, Job, Kind};
 use scratchllm_model::classifier::ClassifierSpec;
-use scratchllm_model::{modeldir, GenerateOptions, Gpt, PromptStyle, Weights};
+use scratchllm_model::{modeldir, GenerateOptions, Gpt, PromptStyle};
 use scratchllm_tokenizer::SpecialMode;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -201,12 +201,8 @@ fn load_and_work(state: Arc<AppState>) -> Result<(), String> {
     let mut files = modeldir::load_stored(&opts.model, &candle_core::Device::Cpu)
         .map_err(|e| format!("loading {path}: {e}"))?;
     // bf16 matrices when asked, or by default when the file stores them so.
-    let bf16 = opts
-        .bf16_weights
-        .unwrap_or_else(|| files.weights.stores_bf16());
-    let weights = std::mem::replace(&mut files.weights, Weights::new(Default::default(), ""));
-    files.weights = weights
-        .for_inference(bf16)
+    files
+        .prepare_inference(opts.bf16_weights)
         .map_err(|e| format!("preparing the weights of {path}: {e}"))?;
     let model = Gpt::new(&files.config, &files.weights)
         .map_err(|e| format!("building the model from {path}: {e}"))?;
