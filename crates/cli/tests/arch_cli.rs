@@ -833,40 +833,30 @@ fn bad_input_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let data = toy_table(tmp.path());
     let out = tmp.path().join("r");
+    let lora_on_gpt2 = |targets: &str| {
+        fails(&[
+            "finetune",
+            "classify",
+            "--model",
+            "gpt2-tiny",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--trainable",
+            "lora",
+            "--lora-targets",
+            targets,
+        ])
+    };
     // GPT-2 has no gated feed-forward: a `gate` adapter names the role and the roles it has.
-    let err = fails(&[
-        "finetune",
-        "classify",
-        "--model",
-        "gpt2-tiny",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--trainable",
-        "lora",
-        "--lora-targets",
-        "gate",
-    ]);
+    let err = lora_on_gpt2("gate");
     assert!(
         err.contains("LoRA target gate names no layer of this gpt2 model")
             && err.contains("down, head, key, output, query, up, value"),
         "{err}"
     );
-    let err = fails(&[
-        "finetune",
-        "classify",
-        "--model",
-        "gpt2-tiny",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--trainable",
-        "lora",
-        "--lora-targets",
-        "gates",
-    ]);
+    let err = lora_on_gpt2("gates");
     assert!(err.contains("unknown LoRA target \"gates\""), "{err}");
     assert!(err.contains("gate, up, down"), "{err}");
     // An unknown preset lists the presets.
