@@ -6,15 +6,23 @@
 use crate::classifier::ClassifierSpec;
 use crate::config::GptConfig;
 use crate::error::{ModelError, Result};
-use crate::lora::{self, LoraSpec};
+use crate::lora;
 use crate::prompt::PromptStyle;
 use crate::weights::{self, Weights};
 use candle_core::{Device, Tensor};
 use scratchllm_tokenizer::{self as tk, io::atomic_write, Tokenizer};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+mod adapter;
+mod export;
+
+pub use adapter::{
+    load_adapter, save_adapter, AdapterFiles, ADAPTER_CONFIG, ADAPTER_FORMAT, ADAPTER_WEIGHTS,
+};
+pub use export::export_hf;
 
 pub const MODEL_FORMAT: &str = "scratchllm-model";
 pub const MODEL_FORMAT_VERSION: u32 = 1;
@@ -607,216 +615,8 @@ pub fn save_with(
     )
 }
 
-pub const ADAPTER_FORMAT: &str = "scratchllm-adapter";
-pub const ADAPTER_CONFIG: &str = "adapter.json";
-pub const ADAPTER_WEIGHTS: &str = "adapter.safetensors";
-
-#[derive(Serialize, Deserialize)]
-struct AdapterFile {
-    format: String,
-    version: u32,
-    /// The base model's path (absolute when it could be resolved).
-    base: PathBuf,
-    lora: LoraSpec,
-    /// The adapted model's configuration (a classifier's head replaces the base's).
-    model: GptConfig,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    classifier: Option<ClassifierSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    prompt_style: Option<PromptStyle>,
-}
-
-/// A base model with its adapters, unmerged.
-pub struct AdapterFiles {
-    pub config: GptConfig,
-    /// Base weights, with the adapter's tensors added (or replacing, for a new head).
-    pub weights: Weights,
-    pub lora: LoraSpec,
-    pub tokenizer: Tokenizer,
-    pub classifier: Option<ClassifierSpec>,
-    pub prompt_style: Option<PromptStyle>,
-    pub base: PathBuf,
-}
-
-/// Saves a LoRA adapter: `adapter.json`, `adapter.safetensors` (the `lora_A`/`lora_B` tensors and
-/// any tensor that is not the base's, such as a classifier's head) and the tokenizer files.
-pub fn save_adapter(
-    dir: &Path,
-    base: &Path,
-    config: &GptConfig,
-    lora: &LoraSpec,
-    tensors: &HashMap<String, Tensor>,
-    tokenizer: &Tokenizer,
-    meta: &Meta,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    weights::write_safetensors(tensors, &dir.join(ADAPTER_WEIGHTS))?;
-    tk::formats::save_dir(tokenizer, dir)?;
-    let file = AdapterFile {
-        format: ADAPTER_FORMAT.into(),
-        version: MODEL_FORMAT_VERSION,
-        base: std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf()),
-        lora: lora.clone(),
-        model: config.clone(),
-        classifier: meta.classifier.clone(),
-        prompt_style: meta.prompt_style,
-    };
-    write_json(
-        &dir.join(ADAPTER_CONFIG),
-        &serde_json::to_value(&file).map_err(|e| ModelError::Config(e.to_string()))?,
-    )
-}
-
-/// Loads an adapter directory and its base model (from `base`, or the path the adapter recorded).
-pub fn load_adapter(dir: &Path, base: Option<&Path>, device: &Device) -> Result<AdapterFiles> {
-    let path = dir.join(ADAPTER_CONFIG);
-    let file: AdapterFile = serde_json::from_str(&read(&path)?)
-        .map_err(|e| ModelError::file(&path, format!("invalid adapter configuration: {e}")))?;
-    if file.format != ADAPTER_FORMAT || file.version != MODEL_FORMAT_VERSION {
-        return Err(ModelError::file(
-            &path,
-            format!(
-                "format {:?} version {}, but this scratchllm reads {ADAPTER_FORMAT:?} version {MODEL_FORMAT_VERSION}",
-                file.format, file.version
-            ),
-        ));
-    }
-    file.lora.validate()?;
-    let base_path = base.map_or(file.base.clone(), Path::to_path_buf);
-    if !base_path.exists() {
-        return Err(ModelError::file(
-            &path,
-            format!(
-                "its base model {} does not exist; give the base model's path (--base)",
-                base_path.display()
-            ),
-        ));
-    }
-    let base_files = load(&base_path, device)?;
-    let same_body = |c: &GptConfig| GptConfig {
-        drop_rate: 0.0,
-        tie_embeddings: false,
-        num_classes: None,
-        ..c.clone()
-    };
-    if same_body(&base_files.config) != same_body(&file.model) {
-        return Err(ModelError::file(
-            &path,
-            format!(
-                "the adapter was made for a model configured {:?}, but the base {} is {:?}",
-                file.model,
-                base_path.display(),
-                base_files.config
-            ),
-        ));
-    }
-    let wpath = dir.join(ADAPTER_WEIGHTS);
-    let mut tensors = base_files.weights.into_tensors();
-    tensors.extend(weights::read_safetensors(&wpath, device)?);
-    Ok(AdapterFiles {
-        config: file.model,
-        weights: Weights::new(
-            tensors,
-            format!("{} + {}", base_path.display(), wpath.display()),
-        ),
-        lora: file.lora,
-        tokenizer: tokenizer_in(dir)?,
-        classifier: file.classifier,
-        prompt_style: file.prompt_style,
-        base: base_path,
-    })
-}
-
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let text =
         serde_json::to_string_pretty(v).map_err(|e| ModelError::file(path, e.to_string()))? + "\n";
     Ok(atomic_write(path, text.as_bytes())?)
-}
-
-/// Exports a Hugging Face GPT-2 directory that `GPT2LMHeadModel.from_pretrained` loads.
-pub fn export_hf(
-    dir: &Path,
-    config: &GptConfig,
-    tensors: &HashMap<String, Tensor>,
-    tokenizer: &Tokenizer,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    if config.arch.is_decoder() {
-        return export_hf_decoder(dir, config, tensors, tokenizer);
-    }
-    weights::write_safetensors(
-        &weights::to_hf(tensors, config)?,
-        &dir.join("model.safetensors"),
-    )?;
-    tk::formats::save_hf_tokenizer_json(tokenizer, &dir.join("tokenizer.json"))?;
-    tk::formats::save_vocab_merges(tokenizer, dir)?;
-    let eos = tokenizer
-        .special_id(tk::ENDOFTEXT)
-        .unwrap_or(config.vocab_size as u32 - 1);
-    let hf = json!({
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "activation_function": "gelu_new",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.context_length,
-        "n_ctx": config.context_length,
-        "n_embd": config.emb_dim,
-        "n_head": config.n_heads,
-        "n_layer": config.n_layers,
-        "n_inner": null,
-        "layer_norm_epsilon": 1e-5,
-        "resid_pdrop": config.drop_rate,
-        "embd_pdrop": config.drop_rate,
-        "attn_pdrop": config.drop_rate,
-        "initializer_range": 0.02,
-        "scale_attn_weights": true,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": eos,
-        "eos_token_id": eos,
-        "use_cache": true,
-    });
-    write_json(&dir.join("config.json"), &hf)?;
-    write_json(
-        &dir.join("generation_config.json"),
-        &json!({"bos_token_id": eos, "eos_token_id": eos}),
-    )
-}
-
-/// Exports a Hugging Face Llama, Qwen3 or Gemma 3 directory (`config.json` in transformers 4's
-/// form, `model.safetensors` with Hugging Face's names, the tokenizer's files).
-fn export_hf_decoder(
-    dir: &Path,
-    config: &GptConfig,
-    tensors: &HashMap<String, Tensor>,
-    tokenizer: &Tokenizer,
-) -> Result<()> {
-    if config.num_classes.is_some() {
-        return Err(ModelError::Config(
-            "a classifier has no Hugging Face causal-LM form; export the language model it was \
-             tuned from"
-                .into(),
-        ));
-    }
-    weights::write_safetensors(
-        &crate::hf::to_hf(tensors, config)?,
-        &dir.join("model.safetensors"),
-    )?;
-    tk::formats::save_hf_tokenizer_json(tokenizer, &dir.join("tokenizer.json"))?;
-    if let Some(tc) = tk::meta::tokenizer_config(tokenizer) {
-        write_json(&dir.join("tokenizer_config.json"), &tc)?;
-    }
-    let stops = tokenizer.stop_ids();
-    let eos = stops.first().copied().unwrap_or(0);
-    let mut hf = crate::hf::config_to_hf(config, eos);
-    if tensors
-        .values()
-        .any(|t| t.dtype() == candle_core::DType::BF16)
-    {
-        hf["torch_dtype"] = json!("bfloat16");
-    }
-    write_json(&dir.join("config.json"), &hf)?;
-    write_json(
-        &dir.join("generation_config.json"),
-        &json!({"bos_token_id": eos, "eos_token_id": stops}),
-    )
 }

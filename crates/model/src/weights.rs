@@ -262,11 +262,9 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
         .map_err(|e| ModelError::file(path, format!("not a valid safetensors file: {e}")))?;
-    let header = 8 + u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
-        debug_assert!(start >= header);
         let read = |bytes: &mut [u8]| {
             file.read_exact_at(bytes, start as u64)
                 .map_err(|e| ModelError::io(path, e))
