@@ -14,6 +14,7 @@ mod kv_cache;
 pub mod lora;
 pub mod modeldir;
 pub mod prompt;
+pub mod quant;
 pub mod stop;
 pub mod tf;
 pub mod weights;

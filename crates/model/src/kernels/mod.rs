@@ -133,7 +133,7 @@ fn use_fused(t: &Tensor) -> bool {
 }
 
 /// The f32 values of a contiguous CPU tensor's storage.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!(
             "{what}: expected f32, got {:?}",
@@ -150,27 +150,27 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
 }
 
 /// An output buffer that parallel workers fill in disjoint ranges.
-struct Out(*mut f32);
+pub(crate) struct Out(*mut f32);
 
 // SAFETY: workers only write the disjoint ranges they are handed (see `Out::range`).
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
-    fn new(v: &mut [f32]) -> Self {
+    pub(crate) fn new(v: &mut [f32]) -> Self {
         Out(v.as_mut_ptr())
     }
 
     /// # Safety
     /// `r` lies inside the buffer and no other live slice overlaps it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn range(&self, r: Range<usize>) -> &mut [f32] {
+    pub(crate) unsafe fn range(&self, r: Range<usize>) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(r.start), r.len())
     }
 }
 
 /// Runs `f` over `0..n` in chunks on candle's thread pool (inline when small).
-fn par_for(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) + Sync) {
+pub(crate) fn par_for(n: usize, min_chunk: usize, f: impl Fn(Range<usize>) + Sync) {
     let pool = candle_core::utils::barrier_pool();
     if n <= min_chunk || pool.n_workers() == 0 {
         f(0..n);
