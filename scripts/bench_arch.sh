@@ -14,7 +14,7 @@ bin=target/release/scratchllm
 cargo build --release --locked -q
 archs=("$@")
 [ ${#archs[@]} -gt 0 ] || archs=(qwen3-0.6b llama3.2-1b gemma3-270m)
-result() { grep RESULT | awk '{print $3}'; }
+result() { grep 'RESULT tokens_per_s' | awk '{print $3}'; }
 for arch in "${archs[@]}"; do
     for dtype in bf16; do
         ours=$("$bin" bench generate --model "$arch" --dtype "$dtype" --prompt-tokens 16 --new-tokens 100 --repeat 2 | tee /dev/stderr | result)

@@ -44,7 +44,7 @@ pub struct GenerateBench {
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
-    dtype: Option<crate::model::WeightDtype>,
+    dtype: Option<crate::model::InferDtype>,
 }
 
 #[derive(Args)]
@@ -132,36 +132,61 @@ fn generate(b: GenerateBench) -> Result<()> {
         ..opts.clone()
     };
     scratchllm_model::generate(&model, &prompt, &warm, &mut |_| Ok(true))?;
-    let (ids, secs) = best_of(b.repeat, || {
-        Ok(scratchllm_model::generate(
-            &model,
-            &prompt,
-            &opts,
-            &mut |_| Ok(true),
-        )?)
-    })?;
-    outln!("generated {} tokens in {secs:.3}s", ids.len())?;
+    // Decode speed as llama.cpp's bench counts it: the tokens after the first (which the prompt's
+    // pass gives) over the time from the first to the last; the prompt's pass timed apart.
+    let (mut prefill, mut decode) = (f64::INFINITY, f64::INFINITY);
+    let mut ids = Vec::new();
+    for _ in 0..b.repeat.max(1) {
+        let t = Instant::now();
+        let mut first = None;
+        ids = scratchllm_model::generate(&model, &prompt, &opts, &mut |_| {
+            first.get_or_insert_with(Instant::now);
+            Ok(true)
+        })?;
+        let first = first.ok_or_else(|| anyhow::anyhow!("no token was generated"))?;
+        prefill = prefill.min((first - t).as_secs_f64());
+        decode = decode.min(first.elapsed().as_secs_f64());
+    }
+    if ids.len() < 2 {
+        bail!("--new-tokens must be at least 2 to time decoding");
+    }
+    outln!(
+        "prompt of {} tokens in {prefill:.3}s; {} more tokens in {decode:.3}s",
+        prompt.len(),
+        ids.len() - 1
+    )?;
+    let decode_rate = (ids.len() - 1) as f64 / decode;
+    // The new tokens over the whole time, prompt included, as the PyTorch peers count them.
+    let rate = ids.len() as f64 / (prefill + decode);
     // Each new token reads every weight matrix once, except the embeddings (one row each) unless
     // the head is the token embedding.
+    // Quantized matrices count their blocks' bytes.
     let cfg = &files.config;
-    let per_token: usize = files
-        .weights
+    let w = &files.weights;
+    let quant_head = w.quant("out_head.weight").is_some();
+    let dense: usize = w
         .tensors()
         .iter()
         .filter(|(name, t)| {
             t.rank() == 2
                 && name.as_str() != "pos_emb.weight"
-                && (name.as_str() != "tok_emb.weight" || cfg.tie_embeddings)
+                && (name.as_str() != "tok_emb.weight" || (cfg.tie_embeddings && !quant_head))
         })
         .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
         .sum();
-    let rate = ids.len() as f64 / secs;
+    let quantized: usize = w
+        .quant_matrices()
+        .filter(|(name, _)| name.as_str() != "tok_emb.weight")
+        .map(|(_, q)| q.bytes().len())
+        .sum();
+    let per_token = dense + quantized;
     outln!(
         "weights read per token {:.1} MB: {:.1} GB/s",
         per_token as f64 / 1e6,
-        per_token as f64 * rate / 1e9
+        per_token as f64 * decode_rate / 1e9
     )?;
     outln!("RESULT tokens_per_s {rate:.1}")?;
+    outln!("RESULT decode_tokens_per_s {decode_rate:.1}")?;
     Ok(())
 }
 

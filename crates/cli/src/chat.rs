@@ -34,7 +34,7 @@ pub struct ChatArgs {
     system: Option<String>,
     /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
     #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
-    dtype: Option<crate::model::WeightDtype>,
+    dtype: Option<crate::model::InferDtype>,
 }
 
 const HELP: &str = "commands: /reset (new conversation), /temp X (0 = greedy), /topk K (0 = off), \

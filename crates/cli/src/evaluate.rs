@@ -52,7 +52,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     if let Some(dir) = &a.model {
         let mut files = crate::model::load_model(&dir.display().to_string(), 0)?;
         let style = PromptStyle::for_model(a.prompt_style.or(files.prompt_style), &files.tokenizer);
-        let gpt = crate::model::build_model(&mut files, Some(crate::model::WeightDtype::F32))?;
+        let gpt = crate::model::build_model(&mut files, Some(crate::model::InferDtype::F32))?;
         let loss = response_loss(&gpt, &files.tokenizer, style, &entries, 8)?;
         outln!(
             "reference responses: loss {loss:.4}, perplexity {:.2} ({} entries, {} prompts)",

@@ -354,6 +354,8 @@ pub struct PredictArgs {
     json: bool,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
+    dtype: Option<crate::model::InferDtype>,
 }
 
 /// The classifier's model directory: the path itself, or a run directory's model/ or adapter/.
@@ -388,7 +390,7 @@ pub fn predict_run(a: PredictArgs) -> Result<()> {
         pad_id: files.tokenizer.end_of_text().map(|r| r.id).unwrap_or(0),
     });
     spec.validate(files.config.context_length)?;
-    let gpt = crate::model::build_model(&mut files, None)?;
+    let gpt = crate::model::build_model(&mut files, a.dtype)?;
     let texts: Vec<String> = if a.texts.is_empty() {
         std::io::stdin()
             .lock()

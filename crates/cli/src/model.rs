@@ -3,7 +3,10 @@ use crate::out::{self, outln};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
-use scratchllm_model::{generate::GenerateOptions, modeldir, Gpt, GptConfig, ModelFiles, Weights};
+use scratchllm_model::quant::QType;
+use scratchllm_model::{
+    generate::GenerateOptions, modeldir, Gpt, GptConfig, InferenceDtype, ModelFiles, Weights,
+};
 use scratchllm_tokenizer::{SpecialMode, StreamDecoder};
 use std::path::PathBuf;
 
@@ -15,16 +18,41 @@ pub enum WeightDtype {
     Bf16,
 }
 
-/// The help of inference commands' `--dtype`.
-pub const DTYPE_HELP: &str = "Weight matrices in f32 or bf16 [default: bf16 for a model stored in \
-    bf16 (half the memory and the bytes read per token, the published models' own precision), f32 \
-    otherwise]; norms, biases and activations are f32 either way. f32 from a bf16 file computes \
-    with the exact stored values widened (what transformers does in float32).";
+/// How inference commands hold the weight matrices (`--dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InferDtype {
+    F32,
+    Bf16,
+    /// 8-bit blocks of 32 with an f16 scale (GGUF's Q8_0), for the linear layers.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks of 32 with an f16 scale (GGUF's Q4_0), for the linear layers.
+    #[value(name = "q4_0")]
+    Q4_0,
+}
 
-/// The model of `files` with its matrices stored as `dtype` (default: as the file stores them, see
+impl InferDtype {
+    pub fn model(self) -> InferenceDtype {
+        match self {
+            InferDtype::F32 => InferenceDtype::F32,
+            InferDtype::Bf16 => InferenceDtype::Bf16,
+            InferDtype::Q8_0 => InferenceDtype::Quant(QType::Q8_0),
+            InferDtype::Q4_0 => InferenceDtype::Quant(QType::Q4_0),
+        }
+    }
+}
+
+/// The help of inference commands' `--dtype`.
+pub const DTYPE_HELP: &str = "Weight matrices in f32, bf16, or quantized to q8_0 or q4_0 (GGUF's \
+    block formats, for the linear layers; the embedding keeps its dtype) [default: as the file \
+    holds them: bf16 for a model stored in bf16, the quantized types of a GGUF file as they are, \
+    f32 otherwise]; norms, biases and activations are f32 either way. f32 from a bf16 file \
+    computes with the exact stored values widened (what transformers does in float32).";
+
+/// The model of `files` with its matrices held as `dtype` (default: as the file stores them, see
 /// [`DTYPE_HELP`]); `files` then holds those weights, so no second copy stays.
-pub fn build_model(files: &mut ModelFiles, dtype: Option<WeightDtype>) -> Result<Gpt> {
-    files.prepare_inference(dtype.map(|d| d == WeightDtype::Bf16))?;
+pub fn build_model(files: &mut ModelFiles, dtype: Option<InferDtype>) -> Result<Gpt> {
+    files.prepare_inference(dtype.map(InferDtype::model))?;
     Ok(Gpt::new(&files.config, &files.weights)?)
 }
 
@@ -227,7 +255,7 @@ pub struct GenerateArgs {
     format: GenFormat,
     /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
     #[arg(long, value_enum, help = DTYPE_HELP)]
-    dtype: Option<WeightDtype>,
+    dtype: Option<InferDtype>,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -289,7 +317,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     /// Hugging Face directory (transformers' GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM or
     /// Gemma3ForCausalLM loads it).
@@ -298,21 +326,46 @@ pub enum Target {
     Scratchllm,
     /// Only model.safetensors with the book's parameter names.
     Book,
+    /// One GGUF file (llama.cpp, Ollama) with the tokenizer and chat template; --out is the file.
+    Gguf,
+}
+
+/// How `convert --to gguf` stores the weights.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GgufQuantArg {
+    F32,
+    F16,
+    /// The embedding and linear layers in Q8_0 blocks; vectors f32.
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// The embedding and linear layers in Q4_0 blocks; vectors f32.
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// Input model (any layout).
+    /// Input model (any layout, a GGUF file included).
     #[arg(long)]
     model: String,
     #[arg(long, value_enum)]
     to: Target,
-    /// Output directory.
+    /// Output directory (a file for --to gguf).
     #[arg(long)]
     out: PathBuf,
+    /// For --to gguf: how the weights are stored [default: as the input holds them: f32, bf16,
+    /// or its quantized types].
+    #[arg(long, value_enum)]
+    quant: Option<GgufQuantArg>,
 }
 
 pub fn convert(a: ConvertArgs) -> Result<()> {
+    if a.out.as_os_str().is_empty() {
+        bail!("empty output path");
+    }
+    if a.quant.is_some() && a.to != Target::Gguf {
+        bail!("--quant applies to --to gguf only");
+    }
     let files = load_model(&a.model, 0)?;
     if GptConfig::preset(&a.model).is_some() && !std::path::Path::new(&a.model).exists() {
         eprintln!(
@@ -322,7 +375,27 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     }
     // Build once so that a shape problem is reported before anything is written.
     Gpt::new(&files.config, &files.weights)?;
-    let tensors = files.weights.tensors();
+    if a.to == Target::Gguf {
+        use modeldir::gguf::GgufQuant;
+        let quant = match a.quant {
+            None => GgufQuant::Stored,
+            Some(GgufQuantArg::F32) => GgufQuant::F32,
+            Some(GgufQuantArg::F16) => GgufQuant::F16,
+            Some(GgufQuantArg::Q8_0) => GgufQuant::Blocks(QType::Q8_0),
+            Some(GgufQuantArg::Q4_0) => GgufQuant::Blocks(QType::Q4_0),
+        };
+        modeldir::gguf::write_gguf(
+            &a.out,
+            &files.config,
+            &files.weights,
+            &files.tokenizer,
+            quant,
+        )?;
+        eprintln!("wrote {}", a.out.display());
+        return Ok(());
+    }
+    let weights = files.weights.dequantized(&files.config)?;
+    let tensors = weights.tensors();
     match a.to {
         Target::Hf if files.config.num_classes.is_some() => {
             bail!("exporting a classifier to Hugging Face's layout is not supported (only language models)")
@@ -338,16 +411,13 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
                 prompt_style: files.prompt_style,
             },
         )?,
-        Target::Book => {
+        Target::Book | Target::Gguf => {
             std::fs::create_dir_all(&a.out)?;
             scratchllm_model::weights::write_safetensors(
                 tensors,
                 &a.out.join("model.safetensors"),
             )?;
         }
-    }
-    if a.out.as_os_str().is_empty() {
-        bail!("empty output path");
     }
     eprintln!("wrote {}", a.out.display());
     Ok(())

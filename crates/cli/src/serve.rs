@@ -37,7 +37,7 @@ pub struct ServeArgs {
     max_active: usize,
     /// How the weight matrices are stored: f32, or bf16 (half the memory, faster generation).
     #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
-    dtype: Option<crate::model::WeightDtype>,
+    dtype: Option<crate::model::InferDtype>,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -58,7 +58,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         default_max_tokens: a.default_max_tokens.min(a.max_tokens_limit),
         max_queue: a.max_queue,
         max_active: a.max_active,
-        bf16_weights: a.dtype.map(|d| d == crate::model::WeightDtype::Bf16),
+        dtype: a.dtype.map(crate::model::InferDtype::model),
         ..ServeOptions::new(a.model)
     };
     scratchllm_serve::run(opts).map_err(|e| anyhow!(e))

@@ -18,6 +18,9 @@ pub enum ModelError {
     },
     #[error("tensor {name} is missing{hint}")]
     Missing { name: String, hint: String },
+    /// A GGUF file being written would be invalid (a duplicate name, data of the wrong length).
+    #[error("invalid GGUF content: {0}")]
+    Gguf(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("invalid generation setting: {0}")]

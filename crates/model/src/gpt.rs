@@ -13,9 +13,11 @@ use crate::decoder::{DecoderBlock, RmsNorm, Rope};
 use crate::error::Result;
 pub use crate::kv_cache::KvCache;
 use crate::lora::LoraSpec;
+use crate::quant::QMatrix;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear};
+use std::sync::Arc;
 
 /// The source of dropout masks in training mode.
 ///
@@ -89,10 +91,20 @@ impl LayerNorm {
 
 /// A linear layer `y = x W^T + b` (PyTorch layout `[out, in]`), with an optional low-rank adapter
 /// (LoRA, appendix E) added to its output: `+ (alpha / rank) * x A B`, A `[in, rank]`, B `[rank, out]`.
+/// Its matrix is dense (f32 or bf16) or, for inference, block-quantized ([`crate::quant`]).
 #[derive(Clone, Debug)]
 pub struct Lin {
-    base: Linear,
+    base: Base,
     lora: Option<(Tensor, Tensor, f64)>,
+}
+
+#[derive(Clone, Debug)]
+enum Base {
+    Dense(Linear),
+    Quant {
+        w: Arc<QMatrix>,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Lin {
@@ -103,30 +115,14 @@ impl Lin {
         let (last, lead) = dims.split_last().ok_or_else(|| {
             crate::error::ModelError::Config("a linear layer needs at least one dimension".into())
         })?;
-        let w = self.base.weight();
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?;
-        let y = match crate::kernels::linear_rows(&x2, w, self.base.bias())? {
-            Some(y) => y,
-            None => {
-                let w = if w.dtype() == x.dtype() {
-                    w.clone()
-                } else {
-                    w.to_dtype(x.dtype())? // bf16 weights under f32 activations
-                };
-                let y = if crate::kernels::autocast_bf16() {
-                    crate::kernels::matmul_bf16(&x2, &w.t()?)?
-                } else {
-                    x2.matmul(&w.t()?)?
-                };
-                match self.base.bias() {
-                    Some(b) => crate::kernels::add_bias(&y, b)?,
-                    None => y,
-                }
-            }
+        let (y, out) = match &self.base {
+            Base::Quant { w, bias } => (crate::quant::qlinear(&x2, w, bias.as_ref())?, w.rows()),
+            Base::Dense(l) => (dense(&x2, l)?, l.weight().dim(0)?),
         };
         let mut shape = lead.to_vec();
-        shape.push(w.dim(0)?);
+        shape.push(out);
         let y = y.reshape(shape)?;
         match &self.lora {
             None => Ok(y),
@@ -136,6 +132,28 @@ impl Lin {
             }
         }
     }
+}
+
+/// `x2 (rows, in) W^T + b` with a dense weight.
+fn dense(x2: &Tensor, l: &Linear) -> Result<Tensor> {
+    let w = l.weight();
+    if let Some(y) = crate::kernels::linear_rows(x2, w, l.bias())? {
+        return Ok(y);
+    }
+    let w = if w.dtype() == x2.dtype() {
+        w.clone()
+    } else {
+        w.to_dtype(x2.dtype())? // bf16 weights under f32 activations
+    };
+    let y = if crate::kernels::autocast_bf16() {
+        crate::kernels::matmul_bf16(x2, &w.t()?)?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    Ok(match l.bias() {
+        Some(b) => crate::kernels::add_bias(&y, b)?,
+        None => y,
+    })
 }
 
 /// The adapter of linear layer `name`, when the weights carry one.
@@ -168,16 +186,40 @@ pub(crate) fn linear(
     bias: bool,
     lora: Option<&LoraSpec>,
 ) -> Result<Lin> {
-    let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
     let bias = if bias {
         Some(w.get(&format!("{name}.bias"), &[out_dim])?)
     } else {
         None
     };
+    let base = match w.quant(&format!("{name}.weight")) {
+        Some(q) => quant_base(q, bias, name, out_dim, in_dim)?,
+        None => Base::Dense(Linear::new(
+            w.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+            bias,
+        )),
+    };
     Ok(Lin {
-        base: Linear::new(weight, bias),
+        base,
         lora: adapter(w, name, out_dim, in_dim, lora)?,
     })
+}
+
+/// A quantized layer's base, its matrix checked against the shape the model expects.
+fn quant_base(
+    q: &Arc<QMatrix>,
+    bias: Option<Tensor>,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<Base> {
+    if (q.rows(), q.cols()) != (out_dim, in_dim) {
+        return Err(crate::error::ModelError::Shape {
+            name: format!("{name}.weight ({})", q.qtype().name()),
+            expected: vec![out_dim, in_dim],
+            found: vec![q.rows(), q.cols()],
+        });
+    }
+    Ok(Base::Quant { w: q.clone(), bias })
 }
 
 /// Causal multi-head self-attention (the book's `MultiHeadAttention`).
@@ -363,7 +405,10 @@ impl Gpt {
         let out_head = match cfg.num_classes {
             Some(n) => linear(w, "out_head", n, c, true, lora)?,
             None if cfg.tie_embeddings => Lin {
-                base: Linear::new(tok.clone(), None),
+                base: match w.quant("out_head.weight") {
+                    Some(q) => quant_base(q, None, "out_head", v, c)?,
+                    None => Base::Dense(Linear::new(tok.clone(), None)),
+                },
                 lora: adapter(w, "out_head", v, c, lora)?,
             },
             None => linear(w, "out_head", v, c, false, lora)?,

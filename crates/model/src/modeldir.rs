@@ -8,6 +8,7 @@ use crate::config::GptConfig;
 use crate::error::{ModelError, Result};
 use crate::lora;
 use crate::prompt::PromptStyle;
+use crate::quantized::InferenceDtype;
 use crate::weights::{self, Weights};
 use candle_core::{Device, Tensor};
 use scratchllm_tokenizer::{self as tk, io::atomic_write, Tokenizer};
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 mod adapter;
 mod export;
+pub mod gguf;
 
 pub use adapter::{
     load_adapter, save_adapter, AdapterFiles, ADAPTER_CONFIG, ADAPTER_FORMAT, ADAPTER_WEIGHTS,
@@ -37,6 +39,8 @@ pub enum Layout {
     Preset,
     /// A LoRA adapter directory, merged into its base model on load.
     Adapter,
+    /// A GGUF file (llama.cpp's format).
+    Gguf,
 }
 
 /// A model ready to build: configuration, weights under our names, tokenizer.
@@ -52,18 +56,32 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// The weights converted for inference (see [`Weights::converted`]): bf16 matrices when
-    /// `bf16` says so, by default when the file stores them so; f32 otherwise.
-    pub fn prepare_inference(&mut self, bf16: Option<bool>) -> Result<()> {
-        let bf16 = bf16.unwrap_or_else(|| self.weights.stores_bf16());
+    /// The weights made ready for inference as `dtype` says. By default (`None`) they stay as the
+    /// file holds them: bf16 matrices for a file stored in bf16, quantized ones as quantized, f32
+    /// otherwise. `f32`/`bf16` expand quantized matrices; `q8_0`/`q4_0` quantize the linear
+    /// layers (see [`Weights::quantized`]) and keep the embedding in its stored dtype.
+    pub fn prepare_inference(&mut self, dtype: Option<InferenceDtype>) -> Result<()> {
         let stored = std::mem::replace(&mut self.weights, Weights::new(HashMap::new(), ""));
-        self.weights = stored.converted(bf16)?;
+        let cfg = &self.config;
+        self.weights = match dtype {
+            None => {
+                let bf16 = stored.stores_bf16();
+                stored.converted(bf16)?
+            }
+            Some(InferenceDtype::F32) => stored.dequantized(cfg)?.converted(false)?,
+            Some(InferenceDtype::Bf16) => stored.dequantized(cfg)?.converted(true)?,
+            Some(InferenceDtype::Quant(q)) => {
+                let w = stored.quantized(cfg, q)?;
+                let bf16 = w.stores_bf16();
+                w.converted(bf16)?
+            }
+        };
         Ok(())
     }
 
     /// Every tensor in f32 (what training and the exact paths compute in).
     fn widened(mut self) -> Result<Self> {
-        self.prepare_inference(Some(false))?;
+        self.prepare_inference(Some(InferenceDtype::F32))?;
         Ok(self)
     }
 }
@@ -116,6 +134,9 @@ fn load_any(path: &Path, given: Option<&GptConfig>, device: &Device) -> Result<M
         }
         Err(e) => return Err(ModelError::io(path, e)),
     };
+    if meta.is_file() && gguf::is_gguf(path) {
+        return gguf::load_gguf(path, device);
+    }
     if meta.is_file() {
         return load_book(path, path.parent().unwrap_or(Path::new(".")), given, device);
     }

@@ -9,32 +9,49 @@
 //!   `ln_1/g` and `ln_1/b` for scale and shift.
 use crate::config::GptConfig;
 use crate::error::{ModelError, Result};
+use crate::quant::QMatrix;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Tensors by canonical name, with where they came from for error messages.
 #[derive(Clone, Debug)]
 pub struct Weights {
-    tensors: HashMap<String, Tensor>,
-    source: String,
+    pub(crate) tensors: HashMap<String, Tensor>,
+    /// Linear layers' matrices (`NAME.weight`) held in a block-quantized format for inference
+    /// ([`crate::quantized`]); an embedding read quantized from a GGUF file is here too, so it is
+    /// written back unchanged.
+    pub(crate) quant: HashMap<String, Arc<QMatrix>>,
+    pub(crate) source: String,
 }
 
 impl Weights {
     pub fn new(tensors: HashMap<String, Tensor>, source: impl Into<String>) -> Self {
         Weights {
             tensors,
+            quant: HashMap::new(),
             source: source.into(),
         }
     }
 
     /// The tensor `name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.tensors.get(name).ok_or_else(|| ModelError::Missing {
-            name: name.to_string(),
-            hint: format!(" in {}", self.source),
-        })?;
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| match self.quant.get(name) {
+                Some(q) => ModelError::Config(format!(
+                "{name} is held quantized ({}) in {}; this needs it dense (load with --dtype f32)",
+                q.qtype().name(),
+                self.source
+            )),
+                None => ModelError::Missing {
+                    name: name.to_string(),
+                    hint: format!(" in {}", self.source),
+                },
+            })?;
         if t.dims() != shape {
             return Err(ModelError::Shape {
                 name: format!("{name} (in {})", self.source),
@@ -87,7 +104,11 @@ impl Weights {
                 Ok((n, t.to_dtype(dtype)?))
             })
             .collect::<Result<_>>()?;
-        Ok(Weights::new(tensors, source))
+        Ok(Weights {
+            tensors,
+            quant: self.quant,
+            source,
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {

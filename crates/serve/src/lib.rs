@@ -53,9 +53,9 @@ pub struct ServeOptions {
     pub max_queue: usize,
     /// Generations interleaved at once.
     pub max_active: usize,
-    /// Store the weight matrices in bf16 (half the memory, faster generation); `None`: as the
-    /// file stores them.
-    pub bf16_weights: Option<bool>,
+    /// How the weight matrices are held (bf16: half the memory; q8_0/q4_0: quantized linear
+    /// layers); `None`: as the file stores them.
+    pub dtype: Option<scratchllm_model::InferenceDtype>,
 }
 
 impl ServeOptions {
@@ -70,7 +70,7 @@ impl ServeOptions {
             max_tokens_limit: 4096,
             default_max_tokens: 256,
             max_queue: 32,
-            bf16_weights: None,
+            dtype: None,
             max_active: 4,
         }
     }
@@ -202,7 +202,7 @@ fn load_and_work(state: Arc<AppState>) -> Result<(), String> {
         .map_err(|e| format!("loading {path}: {e}"))?;
     // bf16 matrices when asked, or by default when the file stores them so.
     files
-        .prepare_inference(opts.bf16_weights)
+        .prepare_inference(opts.dtype)
         .map_err(|e| format!("preparing the weights of {path}: {e}"))?;
     let model = Gpt::new(&files.config, &files.weights)
         .map_err(|e| format!("building the model from {path}: {e}"))?;

@@ -277,7 +277,7 @@ pub fn load_json(path: &Path) -> Result<Tokenizer> {
 }
 
 /// A `tokenizer.json`: GPT-2's own pipeline runs on the GPT-2 path, any other on its pipeline.
-fn load_hf(path: &Path, text: &str) -> Result<Tokenizer> {
+pub(crate) fn load_hf(path: &Path, text: &str) -> Result<Tokenizer> {
     let pipeline = crate::hf::parse(path, text)?;
     let mut tok = match crate::hf::plain_gpt2(&pipeline) {
         Some((tokens, merges, specials)) => Tokenizer::from_merges(tokens, merges, &specials)
@@ -385,8 +385,14 @@ pub fn save_scratchllm(tok: &Tokenizer, path: &Path) -> Result<()> {
 /// Writes a Hugging Face `tokenizer.json` atomically: a pipeline as it was read, anything else as
 /// GPT-2's byte-level BPE.
 pub fn save_hf_tokenizer_json(tok: &Tokenizer, path: &Path) -> Result<()> {
+    write_json(path, &hf_tokenizer_json(tok))
+}
+
+/// The `tokenizer.json` document of `tok`: a pipeline as it was read, anything else as GPT-2's
+/// byte-level BPE.
+pub fn hf_tokenizer_json(tok: &Tokenizer) -> Value {
     if let Some(p) = tok.pipeline() {
-        return write_json(path, &crate::hf::to_json(p));
+        return crate::hf::to_json(p);
     }
     let text = |id: u32| token_text(tok, id);
     let mut vocab = Map::new();
@@ -409,7 +415,7 @@ pub fn save_hf_tokenizer_json(tok: &Tokenizer, path: &Path) -> Result<()> {
         })
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let doc = json!({
+    json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
@@ -423,8 +429,7 @@ pub fn save_hf_tokenizer_json(tok: &Tokenizer, path: &Path) -> Result<()> {
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
             "vocab": vocab, "merges": merges
         }
-    });
-    write_json(path, &doc)
+    })
 }
 
 /// Writes `vocab.json` and `merges.txt` (the files `GPT2Tokenizer` reads) into `dir`. They carry no

@@ -17,6 +17,7 @@ mod bpe;
 pub mod bytes_unicode;
 mod error;
 pub mod formats;
+pub mod gguf;
 mod gpt2;
 pub mod hf;
 pub mod io;

@@ -74,7 +74,7 @@ impl Tokenizer {
         Ok(())
     }
 
-    fn apply_tokenizer_config(&mut self, path: &Path, config: &Value) -> Result<()> {
+    pub(crate) fn apply_tokenizer_config(&mut self, path: &Path, config: &Value) -> Result<()> {
         for name in SPECIAL_VARS {
             let Some(text) = config.get(*name).and_then(token_text) else {
                 continue;
@@ -136,7 +136,7 @@ impl Tokenizer {
     }
 
     /// End-of-turn tokens by name, and eos where no file gave one.
-    fn guess_roles(&mut self) {
+    pub(crate) fn guess_roles(&mut self) {
         self.meta.end_of_turn = END_OF_TURN
             .iter()
             .filter_map(|t| self.role_of_text(t))
