@@ -129,10 +129,32 @@ fn gib(bytes: usize) -> String {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
+    // The block formats a file's matrices are held in, and their bytes.
+    let mut quantized = String::new();
     let (cfg, layout) = match GptConfig::preset(&a.model) {
         Some(cfg) if !std::path::Path::new(&a.model).exists() => (cfg, "preset".to_string()),
         _ => {
             let files = load_model(&a.model, 0)?;
+            // A tied head and its embedding are one matrix.
+            let mut held: Vec<&std::sync::Arc<scratchllm_model::quant::QMatrix>> = Vec::new();
+            for (_, q) in files.weights.quant_matrices() {
+                if !held.iter().any(|h| std::sync::Arc::ptr_eq(h, q)) {
+                    held.push(q);
+                }
+            }
+            if !held.is_empty() {
+                let mut kinds: Vec<(&str, usize)> = Vec::new();
+                for q in &held {
+                    match kinds.iter_mut().find(|(t, _)| *t == q.qtype().name()) {
+                        Some((_, c)) => *c += 1,
+                        None => kinds.push((q.qtype().name(), 1)),
+                    }
+                }
+                let kinds: Vec<String> = kinds.iter().map(|(t, c)| format!("{c} {t}")).collect();
+                let bytes: usize = held.iter().map(|q| q.held_bytes()).sum();
+                let mib = bytes as f64 / (1u64 << 20) as f64;
+                quantized = format!("{} matrices, {mib:.1} MiB", kinds.join(", "));
+            }
             (files.config, format!("{:?}", files.layout))
         }
     };
@@ -192,6 +214,9 @@ fn info(a: InfoArgs) -> Result<()> {
     }
     outln!("memory fp32:     {}", gib(n * 4))?;
     outln!("memory bf16:     {}", gib(n * 2))?;
+    if !quantized.is_empty() {
+        outln!("quantized:       {quantized}")?;
+    }
     // Keys and values of every layer, f32, for one sequence (a sliding layer keeps its window).
     let kv_width = 2 * cfg.kv_heads() * cfg.head_dim() * 4;
     let per_token = cfg.n_layers * kv_width;
