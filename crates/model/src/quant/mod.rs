@@ -328,12 +328,24 @@ impl QMatrix {
             for g in range {
                 let group = &self.data[g * gbytes..(g + 1) * gbytes];
                 let r = packed::ROWS * g..(packed::ROWS * (g + 1)).min(rows);
-                for j in 0..n {
-                    let (a, d, sums) = acts.row_sums(j);
-                    let out = packed::group_dot(kernel, self.qtype, group, a, d, sums);
+                let put = |j: usize, out: &[f32; packed::ROWS]| {
                     // SAFETY: the rows of group g in output row j are this worker's only.
                     let ys = unsafe { ys.range(j * rows + r.start..j * rows + r.end) };
                     ys.copy_from_slice(&out[..r.len()]);
+                };
+                // Rows of x four at a time (each weight loaded once for the four), then one by one.
+                let mut j = 0;
+                while j + 4 <= n {
+                    let xs = std::array::from_fn(|i| acts.row_sums(j + i));
+                    let outs = packed::group_dot::<4>(kernel, self.qtype, group, xs);
+                    for (i, out) in outs.iter().enumerate() {
+                        put(j + i, out);
+                    }
+                    j += 4;
+                }
+                for j in j..n {
+                    let [out] = packed::group_dot(kernel, self.qtype, group, [acts.row_sums(j)]);
+                    put(j, &out);
                 }
             }
         });

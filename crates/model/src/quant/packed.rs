@@ -62,25 +62,30 @@ pub(super) fn unpack_row(qtype: QType, cols: usize, data: &[u8], r: usize, out: 
     }
 }
 
-/// The eight rows of group `group` (its bytes: `blocks` group blocks) dotted with one quantized
-/// row of x (`a`: its quants, `d`: block scales, `sums`: block sums of the quants).
-pub(super) fn group_dot(
+/// One quantized row of x: its quants, block scales and block sums of the quants.
+pub(super) type XRow<'a> = (&'a [i8], &'a [f32], &'a [i32]);
+
+/// The eight rows of group `group` (its bytes: `blocks` group blocks) dotted with each of `J`
+/// quantized rows of x; the vector kernels load (and unpack) each weight once for all `J`.
+pub(super) fn group_dot<const J: usize>(
     kernel: Kernel,
     qtype: QType,
     group: &[u8],
-    a: &[i8],
-    d: &[f32],
-    sums: &[i32],
-) -> [f32; ROWS] {
-    let nb = d.len();
-    assert!(group.len() == nb * group_block_bytes(qtype) && a.len() == 32 * nb && sums.len() == nb);
+    xs: [XRow; J],
+) -> [[f32; ROWS]; J] {
+    for (a, d, sums) in xs {
+        let nb = d.len();
+        assert!(
+            group.len() == nb * group_block_bytes(qtype) && a.len() == 32 * nb && sums.len() == nb
+        );
+    }
     match kernel {
         // SAFETY: `kernel` is available on this CPU (`Kernel::available`), the lengths are checked.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { x86::vnni::group(qtype, group, a, d, sums) },
+        Kernel::Avx512 => unsafe { x86::vnni::group(qtype, group, xs) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { x86::avx2::group(qtype, group, a, d, sums) },
-        _ => portable(qtype, group, a, d),
+        Kernel::Avx2 => unsafe { x86::avx2::group(qtype, group, xs) },
+        _ => xs.map(|(a, d, _)| portable(qtype, group, a, d)),
     }
 }
 
@@ -144,82 +149,86 @@ mod x86 {
         ($name:ident, $features:literal, $dot:ident, $q8:ident, $q8_shift:literal) => {
             pub(super) mod $name {
                 use super::super::super::QType;
-                use super::super::ROWS;
+                use super::super::{XRow, ROWS};
                 use super::{$dot, $q8};
                 use std::arch::x86_64::*;
 
                 /// # Safety
                 /// The CPU has the features enabled here; the lengths are as `group_dot` checks.
                 #[target_feature(enable = $features)]
-                pub unsafe fn group(
+                pub unsafe fn group<const J: usize>(
                     qtype: QType,
                     group: &[u8],
-                    a: &[i8],
-                    d: &[f32],
-                    sums: &[i32],
-                ) -> [f32; ROWS] {
-                    let (g, a) = (group.as_ptr(), a.as_ptr());
+                    xs: [XRow; J],
+                ) -> [[f32; ROWS]; J] {
+                    let g = group.as_ptr();
                     let acc = match qtype {
-                        QType::Q8_0 => q8_0(g, a, d, sums),
-                        _ => q4_0(g, a, d, sums),
+                        QType::Q8_0 => q8_0(g, &xs),
+                        _ => q4_0(g, &xs),
                     };
-                    let mut out = [0.0f32; ROWS];
-                    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+                    let mut out = [[0.0f32; ROWS]; J];
+                    for (o, acc) in out.iter_mut().zip(acc) {
+                        _mm256_storeu_ps(o.as_mut_ptr(), acc);
+                    }
                     out
                 }
 
                 /// Four quants of x, `a[at..at + 4]`, in every lane.
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn four(a: *const i8, at: usize) -> __m256i {
-                    _mm256_set1_epi32((a.add(at) as *const i32).read_unaligned())
+                unsafe fn four(a: &[i8], at: usize) -> __m256i {
+                    _mm256_set1_epi32((a.as_ptr().add(at) as *const i32).read_unaligned())
                 }
 
                 /// `acc + (the eight scales times x's) * s`.
                 #[inline]
                 #[target_feature(enable = $features)]
-                unsafe fn scaled(acc: __m256, blk: *const u8, d: f32, s: __m256i) -> __m256 {
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                unsafe fn scaled(acc: __m256, dw: __m256, d: f32, s: __m256i) -> __m256 {
                     let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d));
                     _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc)
                 }
 
                 #[target_feature(enable = $features)]
-                unsafe fn q8_0(g: *const u8, a: *const i8, d: &[f32], sums: &[i32]) -> __m256 {
-                    let mut acc = _mm256_setzero_ps();
-                    for (b, (&db, &sb)) in d.iter().zip(sums).enumerate() {
-                        let (blk, ab) = (g.add(272 * b), a.add(32 * b));
-                        // Two chains, so that consecutive steps do not wait on each other.
-                        let mut s0 = _mm256_set1_epi32($q8_shift * sb);
-                        let mut s1 = _mm256_setzero_si256();
-                        for k in (0..8).step_by(2) {
-                            let w0 = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
-                            let w1 = _mm256_loadu_si256(blk.add(48 + 32 * k) as *const __m256i);
-                            s0 = $q8(s0, w0, four(ab, 4 * k));
-                            s1 = $q8(s1, w1, four(ab, 4 * k + 4));
+                unsafe fn q8_0<const J: usize>(g: *const u8, xs: &[XRow; J]) -> [__m256; J] {
+                    let mut acc = [_mm256_setzero_ps(); J];
+                    for b in 0..xs[0].1.len() {
+                        let blk = g.add(272 * b);
+                        let mut s = xs.map(|(_, _, sums)| _mm256_set1_epi32($q8_shift * sums[b]));
+                        for k in 0..8 {
+                            let w = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
+                            for (s, (a, _, _)) in s.iter_mut().zip(xs) {
+                                *s = $q8(*s, w, four(a, 32 * b + 4 * k));
+                            }
                         }
-                        acc = scaled(acc, blk, db, _mm256_add_epi32(s0, s1));
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                        for j in 0..J {
+                            acc[j] = scaled(acc[j], dw, xs[j].1[b], s[j]);
+                        }
                     }
                     acc
                 }
 
                 #[target_feature(enable = $features)]
-                unsafe fn q4_0(g: *const u8, a: *const i8, d: &[f32], sums: &[i32]) -> __m256 {
+                unsafe fn q4_0<const J: usize>(g: *const u8, xs: &[XRow; J]) -> [__m256; J] {
                     let m4 = _mm256_set1_epi8(0x0F);
-                    let mut acc = _mm256_setzero_ps();
-                    for (b, (&db, &sb)) in d.iter().zip(sums).enumerate() {
-                        let (blk, ab) = (g.add(144 * b), a.add(32 * b));
+                    let mut acc = [_mm256_setzero_ps(); J];
+                    for b in 0..xs[0].1.len() {
+                        let blk = g.add(144 * b);
                         // Quants 0..16 against x less 8 each: `- 8 sum(a)`.
-                        let mut s0 = _mm256_set1_epi32(-8 * sb);
-                        let mut s1 = _mm256_setzero_si256();
+                        let mut s = xs.map(|(_, _, sums)| _mm256_set1_epi32(-8 * sums[b]));
                         for k in 0..4 {
                             let v = _mm256_loadu_si256(blk.add(16 + 32 * k) as *const __m256i);
                             let lo = _mm256_and_si256(v, m4);
                             let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                            s0 = $dot(s0, lo, four(ab, 4 * k));
-                            s1 = $dot(s1, hi, four(ab, 16 + 4 * k));
+                            for (s, (a, _, _)) in s.iter_mut().zip(xs) {
+                                *s = $dot(*s, lo, four(a, 32 * b + 4 * k));
+                                *s = $dot(*s, hi, four(a, 32 * b + 16 + 4 * k));
+                            }
                         }
-                        acc = scaled(acc, blk, db, _mm256_add_epi32(s0, s1));
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                        for j in 0..J {
+                            acc[j] = scaled(acc[j], dw, xs[j].1[b], s[j]);
+                        }
                     }
                     acc
                 }
