@@ -35,13 +35,73 @@ pub enum Piece {
     Done(String, Finish),
 }
 
-/// A generation decoded to text as it goes.
-pub struct Decoding<'m> {
-    generation: Generation<'m>,
-    decoder: StreamDecoder<'m>,
+/// Tokens turned into text as they come: split UTF-8 characters held until whole, a stop id or
+/// a stop string ends it (the stop string never sent).
+pub struct TextStream<'t> {
+    decoder: StreamDecoder<'t>,
     filter: StopFilter,
     stop_ids: Vec<u32>,
     done: bool,
+}
+
+impl<'t> TextStream<'t> {
+    /// `stop_ids` end the text without being decoded, `stops` end it before the first stop string.
+    pub fn new(tok: &'t Tokenizer, stop_ids: Vec<u32>, stops: Vec<String>) -> Self {
+        TextStream {
+            decoder: StreamDecoder::new(tok),
+            filter: StopFilter::new(stops),
+            stop_ids,
+            done: false,
+        }
+    }
+
+    /// The text token `id` releases, or the end when it is a stop id or completes a stop string.
+    pub fn push(&mut self, id: u32) -> Result<Piece> {
+        let (text, finish) = if self.stop_ids.contains(&id) {
+            (self.flush(), Some(Finish::Stop))
+        } else {
+            let (text, hit) = self.filter.push(&self.decoder.push(id)?);
+            (text, hit.then_some(Finish::Stop))
+        };
+        Ok(match finish {
+            Some(f) => {
+                self.done = true;
+                Piece::Done(text, f)
+            }
+            None => Piece::Text(text),
+        })
+    }
+
+    /// The end at the token limit: what is still held back (unless a stop string completes in it).
+    pub fn finish(&mut self) -> Piece {
+        self.done = true;
+        let (text, hit) = self.filter.push(&self.decoder.finish());
+        if hit {
+            return Piece::Done(text, Finish::Stop);
+        }
+        Piece::Done(text + &self.filter.finish(), Finish::Length)
+    }
+
+    /// Whether the end was given.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What is still held back when a stop id arrives: undecoded bytes and a partial stop string.
+    fn flush(&mut self) -> String {
+        let (text, hit) = self.filter.push(&self.decoder.finish());
+        if hit {
+            text
+        } else {
+            text + &self.filter.finish()
+        }
+    }
+}
+
+/// A generation decoded to text as it goes.
+pub struct Decoding<'m> {
+    generation: Generation<'m>,
+    text: TextStream<'m>,
 }
 
 impl<'m> Decoding<'m> {
@@ -57,52 +117,19 @@ impl<'m> Decoding<'m> {
     ) -> Result<Self> {
         Ok(Decoding {
             generation: Generation::new(model, prompt, opts)?,
-            decoder: StreamDecoder::new(tok),
-            filter: StopFilter::new(stops),
-            stop_ids,
-            done: false,
+            text: TextStream::new(tok, stop_ids, stops),
         })
     }
 
     /// Generates one token and returns the text it releases, or the end (`None` after it).
     pub fn next_piece(&mut self) -> Result<Option<Piece>> {
-        if self.done {
+        if self.text.is_done() {
             return Ok(None);
         }
-        let (text, finish) = match self.generation.next_token()? {
-            Some(id) if self.stop_ids.contains(&id) => (self.flush(), Some(Finish::Stop)),
-            Some(id) => {
-                let (text, hit) = self.filter.push(&self.decoder.push(id)?);
-                (text, hit.then_some(Finish::Stop))
-            }
-            None => {
-                let (text, hit) = self.filter.push(&self.decoder.finish());
-                let rest = if hit {
-                    String::new()
-                } else {
-                    self.filter.finish()
-                };
-                let finish = if hit { Finish::Stop } else { Finish::Length };
-                (text + &rest, Some(finish))
-            }
-        };
-        Ok(Some(match finish {
-            Some(f) => {
-                self.done = true;
-                Piece::Done(text, f)
-            }
-            None => Piece::Text(text),
+        Ok(Some(match self.generation.next_token()? {
+            Some(id) => self.text.push(id)?,
+            None => self.text.finish(),
         }))
-    }
-
-    /// What is still held back when a stop id arrives: undecoded bytes and a partial stop string.
-    fn flush(&mut self) -> String {
-        let (text, hit) = self.filter.push(&self.decoder.finish());
-        if hit {
-            text
-        } else {
-            text + &self.filter.finish()
-        }
     }
 
     /// Tokens generated so far (a stop id included).

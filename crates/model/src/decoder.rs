@@ -22,7 +22,7 @@
 //! Gemma's norm weights are stored as published (the scale is 1 + w).
 use crate::config::{Arch, GptConfig, RopeScaling};
 use crate::error::Result;
-use crate::gpt::{dropout, linear, residual, DropoutRng, KvCache, Lin};
+use crate::gpt::{dropout, each_segment, linear, residual, DropoutRng, Kv, KvCache, Lin};
 use crate::lora::LoraSpec;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -87,10 +87,12 @@ pub fn inv_freq(hs: usize, base: f64, scaling: Option<&RopeScaling>) -> Vec<f32>
         .collect()
 }
 
-/// cos and sin (T, hs/2) of the angles `position * inv_freq` for positions `offset..offset + t`.
-fn rope_tables(inv: &[f32], offset: usize, t: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let angles: Vec<f32> = (offset..offset + t)
-        .flat_map(|p| inv.iter().map(move |&f| p as f32 * f))
+/// cos and sin (T, hs/2) of the angles `position * inv_freq` for T positions.
+fn rope_tables(inv: &[f32], positions: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {
+    let t = positions.len();
+    let angles: Vec<f32> = positions
+        .iter()
+        .flat_map(|&p| inv.iter().map(move |&f| p as f32 * f))
         .collect();
     let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
     let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
@@ -127,12 +129,14 @@ impl Rope {
         }
     }
 
-    pub fn positions(&self, offset: usize, t: usize, dev: &Device) -> Result<Positions> {
+    /// The tables of these positions (one per new token); `offset` is the first when the rows of
+    /// a batch share them.
+    pub fn positions(&self, offset: usize, positions: &[usize], dev: &Device) -> Result<Positions> {
         Ok(Positions {
             offset,
-            global: rope_tables(&self.global, offset, t, dev)?,
+            global: rope_tables(&self.global, positions, dev)?,
             local: match &self.local {
-                Some(inv) => Some(rope_tables(inv, offset, t, dev)?),
+                Some(inv) => Some(rope_tables(inv, positions, dev)?),
                 None => None,
             },
         })
@@ -194,12 +198,13 @@ impl Attention {
         })
     }
 
-    /// `x` (B, T, C) holds the new tokens at `pos.offset..pos.offset + T`; `cache` is (cache, layer).
+    /// `x` (B, T, C) holds the new tokens at `pos.offset..pos.offset + T` (for [`Kv::Segments`],
+    /// each segment's rows at its own cache's positions, as `pos`'s tables say).
     fn forward(
         &self,
         x: &Tensor,
         pos: &Positions,
-        cache: Option<(&mut KvCache, usize)>,
+        kv: Kv,
         train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let (b, t, _c) = x.dims3()?;
@@ -219,9 +224,42 @@ impl Attention {
         let q = heads(self.w_query.forward(x)?, nh, &self.q_norm)?; // (B, nh, T, hs)
         let k = heads(self.w_key.forward(x)?, nkv, &self.k_norm)?; // (B, nkv, T, hs)
         let v = self.w_value.forward(x)?; // (B, T, nkv*hs)
-                                          // Attention compares positions only: with a cache whose rows start at position `start`
-                                          // (a sliding layer forgets what it can no longer see), it runs on buffer rows.
-        let mut offset = pos.offset;
+        let y = match kv {
+            Kv::None => self.attend(q, k, v, None, pos.offset, train)?,
+            Kv::Cache(cache, layer) => {
+                self.attend(q, k, v, Some((cache, layer)), pos.offset, train)?
+            }
+            Kv::Segments(segs, layer) => each_segment(segs, |seg, at, t| {
+                let offset = seg.cache.len();
+                self.attend(
+                    q.narrow(2, at, t)?,
+                    k.narrow(2, at, t)?,
+                    v.narrow(1, at, t)?,
+                    Some((&mut *seg.cache, layer)),
+                    offset,
+                    None,
+                )
+            })?,
+        };
+        self.out_proj.forward(&y)
+    }
+
+    /// Attention of queries q (B, nh, T, hs) over keys k (B, nkv, T, hs) and values v
+    /// (B, T, nkv*hs) of the new tokens and the cached ones, the new tokens at positions
+    /// `offset..`: (B, T, nh*hs) before the output projection.
+    fn attend(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        mut offset: usize,
+        train: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, _, t, _) = q.dims4()?;
+        let (nh, nkv, hs) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        // Attention compares positions only: with a cache whose rows start at position `start`
+        // (a sliding layer forgets what it can no longer see), it runs on buffer rows.
         let (k, v, tk) = match cache {
             Some((cache, layer)) => {
                 let k_rows = k.transpose(1, 2)?.reshape((b, t, nkv * hs))?;
@@ -241,7 +279,7 @@ impl Attention {
                         self.scale,
                         self.window,
                     )? {
-                        return self.out_proj.forward(&y);
+                        return Ok(y);
                     }
                 }
                 let split = |y: &Tensor| -> Result<Tensor> {
@@ -268,8 +306,7 @@ impl Attention {
             crate::kernels::causal_softmax_window(&scores, self.scale, offset, self.window)?;
         let weights = dropout(&weights, self.drop_rate, train)?;
         let y = weights.matmul(&v)?; // (B, nh, T, hs)
-        let y = y.transpose(1, 2)?.reshape((b, t, nh * hs))?;
-        self.out_proj.forward(&y)
+        Ok(y.transpose(1, 2)?.reshape((b, t, nh * hs))?)
     }
 }
 
@@ -343,12 +380,10 @@ impl DecoderBlock {
         &self,
         x: &Tensor,
         pos: &Positions,
-        cache: Option<(&mut KvCache, usize)>,
+        kv: Kv,
         train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
-        let mut h = self
-            .att
-            .forward(&self.norm1.forward(x)?, pos, cache, train)?;
+        let mut h = self.att.forward(&self.norm1.forward(x)?, pos, kv, train)?;
         if let Some((post_att, _)) = &self.post_norms {
             h = post_att.forward(&h)?;
         }

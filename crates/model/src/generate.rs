@@ -194,12 +194,37 @@ pub fn generate(
     Ok(new)
 }
 
-/// A generation in progress, one token per [`Generation::next_token`] call (a server interleaves
-/// several of these).
+/// How one sequence picks its tokens: its options and its own generator, seeded from them (so a
+/// sequence samples the same tokens whatever else is computed beside it).
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    opts: GenerateOptions,
+    rng: rand::rngs::StdRng,
+}
+
+impl Sampler {
+    pub fn new(opts: &GenerateOptions) -> Self {
+        Sampler {
+            opts: opts.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
+        }
+    }
+
+    /// The next token from one position's logits (see [`pick`]).
+    pub fn pick(&mut self, logits: &[f32]) -> Result<u32, LogitsError> {
+        pick(logits, &self.opts, &mut self.rng)
+    }
+
+    pub fn options(&self) -> &GenerateOptions {
+        &self.opts
+    }
+}
+
+/// A generation in progress, one token per [`Generation::next_token`] call.
 pub struct Generation<'m> {
     model: &'m Gpt,
     opts: GenerateOptions,
-    rng: rand::rngs::StdRng,
+    sampler: Sampler,
     ids: Vec<u32>,
     cache: KvCache,
     produced: usize,
@@ -224,7 +249,7 @@ impl<'m> Generation<'m> {
         Ok(Generation {
             model,
             opts: opts.clone(),
-            rng: rand::rngs::StdRng::seed_from_u64(opts.seed),
+            sampler: Sampler::new(opts),
             ids: prompt.to_vec(),
             cache: model.new_cache(),
             produced: 0,
@@ -250,8 +275,10 @@ impl<'m> Generation<'m> {
                 &model.forward_cached(&row(&ids[ids.len() - 1..], model)?, &mut self.cache)?,
             )?
         };
-        let next =
-            pick(&logits, &self.opts, &mut self.rng).map_err(|problem| ModelError::Logits {
+        let next = self
+            .sampler
+            .pick(&logits)
+            .map_err(|problem| ModelError::Logits {
                 model: model.source().to_string(),
                 problem,
             })?;

@@ -222,6 +222,50 @@ fn quant_base(
     Ok(Base::Quant { w: q.clone(), bias })
 }
 
+/// One sequence of a batched forward pass ([`Gpt::forward_segments`]): its new tokens, which
+/// follow the positions in its cache.
+pub struct Segment<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// What a layer's attention reads beside the new tokens.
+pub(crate) enum Kv<'a, 'b> {
+    /// Nothing: the new tokens are the whole sequence (training, a forward without cache).
+    None,
+    /// One cache, for a batch (B, T) of new tokens: (cache, layer).
+    Cache(&'a mut KvCache, usize),
+    /// Ragged rows (1, N): consecutive segments, each against its own cache: (segments, layer).
+    Segments(&'a mut [Segment<'b>], usize),
+}
+
+impl<'b> Kv<'_, 'b> {
+    /// A reborrow for one more layer.
+    pub(crate) fn reborrow(&mut self, layer: usize) -> Kv<'_, 'b> {
+        match self {
+            Kv::None => Kv::None,
+            Kv::Cache(c, _) => Kv::Cache(c, layer),
+            Kv::Segments(s, _) => Kv::Segments(s, layer),
+        }
+    }
+}
+
+/// Runs `f(segment, first row, rows)` for each segment of ragged rows and joins the results
+/// (1, t, ..) along the rows.
+pub(crate) fn each_segment(
+    segs: &mut [Segment],
+    mut f: impl FnMut(&mut Segment, usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut at = 0;
+    let mut ys = Vec::with_capacity(segs.len());
+    for seg in segs.iter_mut() {
+        let t = seg.ids.len();
+        ys.push(f(seg, at, t)?);
+        at += t;
+    }
+    Ok(Tensor::cat(&ys, 1)?)
+}
+
 /// Causal multi-head self-attention (the book's `MultiHeadAttention`).
 #[derive(Clone, Debug)]
 pub struct MultiHeadAttention {
@@ -246,28 +290,59 @@ impl MultiHeadAttention {
         })
     }
 
-    /// `x` holds the new tokens, at positions `offset..offset + T`; `cache` is (cache, layer).
+    /// `x` holds the new tokens, at positions `offset..offset + T` (for [`Kv::Segments`], each
+    /// segment's rows at its own cache's positions).
     fn forward(
         &self,
         x: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
+        kv: Kv,
         offset: usize,
         train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let (nh, hs) = (self.n_heads, c / self.n_heads);
-        let (q, mut k, mut v) = (
+        let (q, k, v) = (
             self.w_query.forward(x)?,
             self.w_key.forward(x)?,
             self.w_value.forward(x)?,
         ); // (B, T, C)
+        let y = match kv {
+            Kv::None => self.attend(q, k, v, None, offset, train)?,
+            Kv::Cache(cache, layer) => self.attend(q, k, v, Some((cache, layer)), offset, train)?,
+            Kv::Segments(segs, layer) => each_segment(segs, |seg, at, t| {
+                let rows = |y: &Tensor| y.narrow(1, at, t);
+                let offset = seg.cache.len();
+                self.attend(
+                    rows(&q)?,
+                    rows(&k)?,
+                    rows(&v)?,
+                    Some((&mut *seg.cache, layer)),
+                    offset,
+                    None,
+                )
+            })?,
+        };
+        self.out_proj.forward(&y)
+    }
+
+    /// Attention of queries (B, T, C) over these keys and values and the cached ones: (B, T, C)
+    /// before the output projection.
+    fn attend(
+        &self,
+        q: Tensor,
+        mut k: Tensor,
+        mut v: Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+        offset: usize,
+        train: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t, c) = q.dims3()?;
+        let (nh, hs) = (self.n_heads, c / self.n_heads);
         let mut tk = t;
         if let Some((cache, layer)) = cache {
             let (kb, vb, _) = cache.append(layer, &k, &v)?; // (B, capacity, C); no window
             tk = offset + t;
             if train.is_none() {
                 if let Some(y) = crate::kernels::cached_attention(&q, &kb, &vb, nh, tk)? {
-                    return self.out_proj.forward(&y);
+                    return Ok(y);
                 }
             }
             (k, v) = (kb.narrow(1, 0, tk)?, vb.narrow(1, 0, tk)?);
@@ -280,8 +355,7 @@ impl MultiHeadAttention {
         let weights = crate::kernels::causal_softmax(&scores, 1.0 / (hs as f64).sqrt(), offset)?;
         let weights = dropout(&weights, self.drop_rate, train)?;
         let y = weights.matmul(&v)?; // (B, nh, T, hs)
-        let y = y.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
-        self.out_proj.forward(&y)
+        Ok(y.transpose(1, 2)?.reshape((b, t, c))?) // (B, T, C)
     }
 }
 
@@ -331,13 +405,13 @@ impl TransformerBlock {
     fn forward(
         &self,
         x: &Tensor,
-        cache: Option<(&mut KvCache, usize)>,
+        kv: Kv,
         offset: usize,
         train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let h = self
             .att
-            .forward(&self.norm1.forward(x)?, cache, offset, train)?;
+            .forward(&self.norm1.forward(x)?, kv, offset, train)?;
         let x = residual(x, &h, self.drop_rate, train)?;
         let h = self.ff.forward(&self.norm2.forward(&x)?)?;
         residual(&x, &h, self.drop_rate, train)
@@ -489,23 +563,84 @@ impl Gpt {
     fn hidden_impl(
         &self,
         idx: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         train: Option<&DropoutRng>,
     ) -> Result<Tensor> {
         let (_b, t) = idx.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > self.cfg.context_length {
+        self.check_context(offset + t)?;
+        let positions: Vec<usize> = (offset..offset + t).collect();
+        let mut kv = match cache {
+            Some(c) => Kv::Cache(c, 0),
+            None => Kv::None,
+        };
+        let x = self.blocks_forward(idx, &positions, offset, &mut kv, train)?;
+        if let Kv::Cache(cache, _) = kv {
+            cache.advance(t);
+        }
+        self.final_norm.forward(&x)
+    }
+
+    /// Logits (S, V) of the last new token of each of S sequences, computed in one pass: the new
+    /// tokens of every segment go through each linear layer together (the weights are read once
+    /// for all), attention runs per segment against its own cache, which is extended. Each row is
+    /// computed as in a pass of its segment alone (the kernels treat rows independently up to
+    /// [`crate::kernels::MAX_ROWS`] rows, and a quantized layer for any number).
+    pub fn forward_segments(&self, segs: &mut [Segment]) -> Result<Tensor> {
+        let (mut ids, mut positions, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        for seg in segs.iter() {
+            let (offset, t) = (seg.cache.len(), seg.ids.len());
+            if t == 0 {
+                return Err(crate::error::ModelError::Generation(
+                    "a segment of a batched pass has no tokens".into(),
+                ));
+            }
+            self.check_context(offset + t)?;
+            ids.extend_from_slice(seg.ids);
+            positions.extend(offset..offset + t);
+            last.push((ids.len() - 1) as u32);
+        }
+        if segs.is_empty() {
+            return Err(crate::error::ModelError::Generation(
+                "a batched pass needs at least one segment".into(),
+            ));
+        }
+        let dev = self.device();
+        let idx = Tensor::new(ids.as_slice(), dev)?.unsqueeze(0)?; // (1, N)
+        let x = self.blocks_forward(&idx, &positions, 0, &mut Kv::Segments(segs, 0), None)?;
+        for seg in segs.iter_mut() {
+            seg.cache.advance(seg.ids.len());
+        }
+        let x = x.squeeze(0)?.index_select(&Tensor::new(last, dev)?, 0)?; // (S, C)
+        self.head(&self.final_norm.forward(&x)?) // (S, V)
+    }
+
+    fn check_context(&self, positions: usize) -> Result<()> {
+        if positions > self.cfg.context_length {
             return Err(crate::error::ModelError::Generation(format!(
-                "{} positions exceed the context length {}",
-                offset + t,
+                "{positions} positions exceed the context length {}",
                 self.cfg.context_length
             )));
         }
+        Ok(())
+    }
+
+    /// Embeddings and blocks for token ids (B, T) at `positions` (T of them): the hidden states
+    /// (B, T, C) before the final norm. `offset` is the first position when all rows share them.
+    fn blocks_forward(
+        &self,
+        idx: &Tensor,
+        positions: &[usize],
+        offset: usize,
+        kv: &mut Kv,
+        train: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
         // Activations take the norms' dtype; matrices may be stored narrower (bf16 weights).
         let act = self.final_norm.dtype();
         let mut x = self.tok_emb.forward(idx)?.to_dtype(act)?; // (B, T, C)
         if let Some(pos_emb) = &self.pos_emb {
-            let pos = Tensor::arange(offset as u32, (offset + t) as u32, idx.device())?;
+            let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+            let pos = Tensor::new(pos, idx.device())?;
             x = x.broadcast_add(&pos_emb.forward(&pos)?.to_dtype(act)?)?;
         }
         if let Some(s) = crate::decoder::embedding_scale(&self.cfg, act) {
@@ -515,20 +650,17 @@ impl Gpt {
         match &self.blocks {
             Blocks::Gpt2(blocks) => {
                 for (i, block) in blocks.iter().enumerate() {
-                    x = block.forward(&x, cache.as_deref_mut().map(|c| (c, i)), offset, train)?;
+                    x = block.forward(&x, kv.reborrow(i), offset, train)?;
                 }
             }
             Blocks::Decoder(blocks, rope) => {
-                let pos = rope.positions(offset, t, idx.device())?;
+                let pos = rope.positions(offset, positions, idx.device())?;
                 for (i, block) in blocks.iter().enumerate() {
-                    x = block.forward(&x, &pos, cache.as_deref_mut().map(|c| (c, i)), train)?;
+                    x = block.forward(&x, &pos, kv.reborrow(i), train)?;
                 }
             }
         }
-        if let Some(cache) = cache {
-            cache.advance(t);
-        }
-        self.final_norm.forward(&x)
+        Ok(x)
     }
 
     /// A fresh cache for this model.
@@ -537,6 +669,41 @@ impl Gpt {
             (0..self.cfg.n_layers).map(|i| self.cfg.window(i)).collect(),
             self.cfg.context_length,
         )
+    }
+
+    /// A cache made now for `positions` positions of one sequence (see [`KvCache::preallocated`]).
+    pub fn preallocated_cache(&self, positions: usize) -> Result<KvCache> {
+        let (windows, width, dtype) = self.cache_layout();
+        KvCache::preallocated(
+            windows,
+            self.cfg.context_length,
+            positions,
+            width,
+            dtype,
+            self.device(),
+        )
+    }
+
+    /// The bytes [`Gpt::preallocated_cache`] takes for `positions` positions.
+    pub fn cache_bytes(&self, positions: usize) -> usize {
+        let (windows, width, dtype) = self.cache_layout();
+        KvCache::bytes_for(
+            &windows,
+            positions.min(self.cfg.context_length),
+            width,
+            dtype,
+        )
+    }
+
+    /// Per layer the attention window, the width of a cached row (key/value heads x head size),
+    /// and the activations' dtype the cache holds.
+    fn cache_layout(&self) -> (Vec<Option<usize>>, usize, DType) {
+        let windows = (0..self.cfg.n_layers).map(|i| self.cfg.window(i)).collect();
+        let width = match self.blocks {
+            Blocks::Gpt2(_) => self.cfg.emb_dim,
+            Blocks::Decoder(..) => self.cfg.kv_heads() * self.cfg.head_dim(),
+        };
+        (windows, width, self.final_norm.dtype())
     }
 
     /// The dtype of the weights.

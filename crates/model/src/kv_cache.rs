@@ -8,7 +8,7 @@
 //! The buffer then starts at position [`KvCache`]'s `start` of that layer: buffer row `j` holds
 //! position `start + j`, and attention, which only compares positions, runs on buffer rows.
 use crate::error::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 /// One layer's buffers and the position their first row holds.
 #[derive(Debug)]
@@ -60,6 +60,64 @@ impl KvCache {
             len: 0,
             context,
         }
+    }
+
+    /// An empty cache whose buffers (batch 1, rows of `width` values of `dtype`) are made now for
+    /// `positions` positions, so that it does not grow while they are filled and its memory is
+    /// known from the start ([`KvCache::bytes_for`]). A sliding layer holds at most twice its window.
+    pub fn preallocated(
+        windows: Vec<Option<usize>>,
+        context: usize,
+        positions: usize,
+        width: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let layers = windows
+            .iter()
+            .map(|&win| {
+                let rows = Self::rows_for(win, positions.min(context));
+                let buf = || Tensor::zeros((1, rows, width), dtype, device);
+                Ok(Some(Layer {
+                    k: buf()?,
+                    v: buf()?,
+                    start: 0,
+                }))
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            windows,
+            len: 0,
+            context,
+        })
+    }
+
+    /// The bytes [`KvCache::preallocated`] takes for these layers and positions.
+    pub fn bytes_for(
+        windows: &[Option<usize>],
+        positions: usize,
+        width: usize,
+        dtype: DType,
+    ) -> usize {
+        let rows: usize = windows.iter().map(|&w| Self::rows_for(w, positions)).sum();
+        2 * rows * width * dtype.size_in_bytes()
+    }
+
+    fn rows_for(window: Option<usize>, positions: usize) -> usize {
+        match window {
+            Some(win) => positions.min(2 * win).max(1),
+            None => positions.max(1),
+        }
+    }
+
+    /// The memory its buffers take now.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| (l.k.elem_count() + l.v.elem_count()) * l.k.dtype().size_in_bytes())
+            .sum()
     }
 
     /// Number of positions processed (cached, or seen and forgotten by sliding layers).

@@ -25,7 +25,7 @@ pub use classifier::{ClassifierSpec, TokenPosition};
 pub use config::{Arch, GptConfig, LayerType, Llama3Rope, RopeScaling, PRESETS};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateOptions, Generation};
-pub use gpt::{DropoutRng, Gpt, KvCache, LayerNorm, Lin};
+pub use gpt::{DropoutRng, Gpt, KvCache, LayerNorm, Lin, Segment};
 pub use lora::LoraSpec;
 pub use modeldir::{Layout, ModelFiles};
 pub use prompt::PromptStyle;
