@@ -5,9 +5,10 @@
 //! splits the output rows over the threads and streams each row of W through dot products with
 //! every row of x (bf16 weights halve the bytes read; they widen to f32 exactly by a shift).
 //! The backward (for completeness; training uses the general product) is candle's matrix products.
-use super::{multiversion, par_for, slice, Out, LANES};
+use super::dots::{dots, dots2, WRow};
+use super::{par_for, slice, Out};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use half::bf16;
+use std::ops::Range;
 
 /// At most this many rows go through the kernel; more use the general matrix product.
 pub const MAX_ROWS: usize = 16;
@@ -43,88 +44,75 @@ struct RowsLinear {
     out: usize,
 }
 
-/// Accumulators per dot product: four AVX-512 registers, so the adds of consecutive chunks do not
-/// wait on each other (one register made the loop latency-bound at half the memory bandwidth).
-const ACC: usize = 4 * LANES;
-
-/// `sum(widen(w[i]) * x[i])` over [`ACC`] accumulators.
-#[inline(always)]
-fn dot_by<W: Copy>(w: &[W], x: &[f32], widen: impl Fn(W) -> f32) -> f32 {
-    let mut acc = [0.0f32; ACC];
-    let n = w.len().min(x.len());
-    let full = n / ACC * ACC;
-    for (cw, cx) in w[..full].chunks_exact(ACC).zip(x[..full].chunks_exact(ACC)) {
-        for i in 0..ACC {
-            acc[i] += widen(cw[i]) * cx[i];
-        }
-    }
-    for i in full..n {
-        acc[i - full] += widen(w[i]) * x[i];
-    }
-    // Folded in halves (a fixed order, whatever the vector width): a left-to-right sum of the 64
-    // accumulators was a chain of 64 dependent adds per row, which cost more than the row itself
-    // for short rows (Gemma 3's 640-wide head rows ran at 19 GB/s).
-    fold::<32>(&mut acc);
-    fold::<16>(&mut acc);
-    fold::<8>(&mut acc);
-    fold::<4>(&mut acc);
-    fold::<2>(&mut acc);
-    fold::<1>(&mut acc);
-    acc[0]
-}
-
-/// `acc[i] += acc[i + H]` for `i < H`.
-#[inline(always)]
-fn fold<const H: usize>(acc: &mut [f32; ACC]) {
-    let (lo, hi) = acc.split_at_mut(H);
-    for i in 0..H {
-        lo[i] += hi[i];
-    }
-}
-
-multiversion! {
-    fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-        dot_by(w, x, |v| v)
-    }
-}
-
-multiversion! {
-    fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        // bf16 is the top half of an f32: widening is exact.
-        dot_by(w, x, |v| f32::from_bits(u32::from(v.to_bits()) << 16))
-    }
+/// W's values.
+#[derive(Clone, Copy)]
+enum Matrix<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
 }
 
 impl RowsLinear {
     fn run(&self, x: &[f32], w: &CpuStorage, wl: &Layout, b: Option<&[f32]>) -> Result<CpuStorage> {
         let RowsLinear { rows, inp, out } = *self;
-        let mut y = vec![0.0f32; rows * out];
-        let ys = Out::new(&mut y);
-        let per_row = |o: usize, dot: &dyn Fn(usize, &[f32]) -> f32| {
-            for r in 0..rows {
-                let v = dot(o, &x[r * inp..(r + 1) * inp]) + b.map_or(0.0, |b| b[o]);
-                // SAFETY: each output column o is written by one worker only.
-                unsafe { ys.range(r * out + o..r * out + o + 1)[0] = v };
-            }
-        };
-        match w {
-            CpuStorage::F32(_) => {
-                let w = slice(w, wl, "linear weight")?;
-                par_for(out, 64, |os| {
-                    os.for_each(|o| per_row(o, &|o, x| dot_f32(&w[o * inp..(o + 1) * inp], x)))
-                });
-            }
+        let weights = match w {
+            CpuStorage::F32(_) => Matrix::F32(slice(w, wl, "linear weight")?),
             CpuStorage::BF16(v) => {
                 let Some((a, e)) = wl.contiguous_offsets() else {
                     bail!("linear: the weight is not contiguous")
                 };
-                let w = &v[a..e];
-                par_for(out, 64, |os| {
-                    os.for_each(|o| per_row(o, &|o, x| dot_bf16(&w[o * inp..(o + 1) * inp], x)))
-                });
+                Matrix::Bf16(&v[a..e])
             }
             _ => bail!("linear: weights must be f32 or bf16"),
-        }
+        };
+        let row = |o: usize| match weights {
+            Matrix::F32(w) => WRow::F32(&w[o * inp..(o + 1) * inp]),
+            Matrix::Bf16(w) => WRow::Bf16(&w[o * inp..(o + 1) * inp]),
+        };
+        let mut y = vec![0.0f32; rows * out];
+        let ys = Out::new(&mut y);
+        let xr = |r: usize| &x[r * inp..(r + 1) * inp];
+        // SAFETY: each output column o is written by one worker only.
+        let put = |r: usize, o: usize, v: f32| unsafe {
+            ys.range(r * out + o..r * out + o + 1)[0] = v + b.map_or(0.0, |b| b[o])
+        };
+        // Output columns o (and o + 1 when `pair`) for every row of x: rows four at a time (W's
+        // rows read once for the four, the x chunks once for both columns), then one by one; each
+        // value is the same whichever way it is computed.
+        let columns = |o: usize, pair: bool| {
+            let four = rows / 4 * 4;
+            for r in (0..four).step_by(4) {
+                let xs = [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)];
+                if pair {
+                    let vs = dots2([row(o), row(o + 1)], xs);
+                    for (j, v) in vs.iter().enumerate() {
+                        v.iter()
+                            .enumerate()
+                            .for_each(|(i, &v)| put(r + i, o + j, v));
+                    }
+                } else {
+                    let vs = dots(row(o), xs);
+                    vs.iter().enumerate().for_each(|(i, &v)| put(r + i, o, v));
+                }
+            }
+            for r in four..rows {
+                if pair {
+                    let vs = dots2([row(o), row(o + 1)], [xr(r)]);
+                    put(r, o, vs[0][0]);
+                    put(r, o + 1, vs[1][0]);
+                } else {
+                    put(r, o, dots(row(o), [xr(r)])[0]);
+                }
+            }
+        };
+        par_for(out, 64, |os: Range<usize>| {
+            let mut o = os.start;
+            while o < os.end {
+                // One row of x: the kernel is bound by reading W, one stream is enough.
+                let pair = rows > 1 && o + 1 < os.end;
+                columns(o, pair);
+                o += 1 + usize::from(pair);
+            }
+        });
         Ok(CpuStorage::F32(y))
     }
 

@@ -16,6 +16,7 @@ mod alloc;
 mod attention;
 mod bias;
 mod cross_entropy;
+mod dots;
 mod dropout;
 mod gelu;
 mod glu;
