@@ -2,8 +2,9 @@
 chromium-driver, driven by Selenium): type a message, send it, wait for the streamed answer, save a
 screenshot (run by the serve tests).
 
-    python scripts/check_chat_page.py http://127.0.0.1:8080/ target/test-artifacts/chat-page.png
-Prints "chat page: ok" when the answer arrived.
+    python scripts/check_chat_page.py http://127.0.0.1:8080/ target/test-artifacts/chat-page.png [API_KEY]
+With API_KEY (a server started with --api-key), the page must first ask for it; the key is typed
+into its key field. Prints "chat page: ok" when the answer arrived.
 """
 import shutil
 import sys
@@ -11,9 +12,11 @@ import sys
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 url, shot = sys.argv[1], sys.argv[2]
+key = sys.argv[3] if len(sys.argv) > 3 else None
 options = webdriver.ChromeOptions()
 for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
     options.add_argument(arg)
@@ -23,6 +26,9 @@ driver = webdriver.Chrome(options=options, service=service)
 try:
     driver.get(url)
     wait = WebDriverWait(driver, 30)
+    if key:
+        wait.until(lambda d: "API key" in d.find_element(By.ID, "status").text)
+        driver.find_element(By.ID, "key").send_keys(key, Keys.TAB)
     wait.until(lambda d: "context" in d.find_element(By.ID, "status").text)
     driver.find_element(By.ID, "max_tokens").clear()
     driver.find_element(By.ID, "max_tokens").send_keys("24")

@@ -1,13 +1,24 @@
 """The official `openai` Python client against a running `scratchllm serve` (run by the serve tests).
 
-    python scripts/check_openai_client.py http://127.0.0.1:8080/v1
-Prints "openai client: ok" when every check passes.
+    python scripts/check_openai_client.py http://127.0.0.1:8080/v1 [API_KEY]
+With API_KEY (a server started with --api-key), the client sends it, and a wrong key must fail with
+401 invalid_api_key. Prints "openai client: ok" when every check passes.
 """
 import sys
 
 import openai
 
-client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=60)
+key = sys.argv[2] if len(sys.argv) > 2 else None
+client = openai.OpenAI(base_url=sys.argv[1], api_key=key or "unused", max_retries=0, timeout=60)
+
+if key:
+    intruder = openai.OpenAI(base_url=sys.argv[1], api_key=key + "x", max_retries=0, timeout=60)
+    try:
+        intruder.models.list()
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401 and e.code == "invalid_api_key", (e.status_code, e.code)
+    else:
+        raise AssertionError("a wrong API key was accepted")
 
 models = client.models.list()
 name = models.data[0].id

@@ -629,7 +629,7 @@ fn concurrent_clients_a_full_queue_and_disconnects() {
         json!({"prompt": "Once", "max_tokens": 250, "stream": true, "temperature": 0}).to_string();
     write!(
         s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -650,6 +650,188 @@ fn concurrent_clients_a_full_queue_and_disconnects() {
         assert!(t.elapsed() < Duration::from_secs(10), "{}", server.log());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Reads one sample's value from `/metrics` (Prometheus' text format).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+}
+
+#[test]
+fn batched_requests_give_what_each_gives_alone_and_metrics_count_them() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    // Prompts of different lengths, fed 5 tokens per step; greedy and seeded sampling.
+    let server = Arc::new(Server::start(
+        &model,
+        &["--max-active", "8", "--prefill-chunk", "5"],
+    ));
+    let body = |i: usize| {
+        let prompt = format!("Client {i}: {}", "every effort moves you ".repeat(i));
+        let sampling = if i.is_multiple_of(2) {
+            json!({"temperature": 0})
+        } else {
+            json!({"temperature": 1.0, "top_k": 20, "seed": i})
+        };
+        let mut b = json!({"prompt": prompt, "max_tokens": 40, "ignore_eos": true});
+        b.as_object_mut()
+            .unwrap()
+            .extend(sampling.as_object().unwrap().clone());
+        b
+    };
+    let answer = |r: &Value| {
+        assert_eq!(r["usage"]["completion_tokens"], 40, "ignore_eos: {r}");
+        r["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let alone: Vec<String> = (0..6)
+        .map(|i| {
+            let (status, r) = server.json("/v1/completions", &body(i));
+            assert_eq!(status, 200, "{r}");
+            answer(&r)
+        })
+        .collect();
+    let (_, text) = server.request("GET", "/metrics", b"");
+    let text = String::from_utf8(text).unwrap();
+    let single_steps = metric(&text, "scratchllm_decode_batch_size_count");
+    assert_eq!(
+        metric(&text, "scratchllm_decode_batch_size_bucket{le=\"1\"}"),
+        single_steps,
+        "one request at a time is decoded alone"
+    );
+    let barrier = Arc::new(std::sync::Barrier::new(6));
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let (s, b, barrier) = (server.clone(), body(i), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                s.json("/v1/completions", &b)
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, r) = h.join().unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(answer(&r), alone[i], "request {i} batched with the others");
+    }
+    // The six ran together: some steps decoded several sequences in one pass.
+    let (status, text) = server.request("GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(text).unwrap();
+    let steps = metric(&text, "scratchllm_decode_batch_size_count") - single_steps;
+    let singles = metric(&text, "scratchllm_decode_batch_size_bucket{le=\"1\"}") - single_steps;
+    assert!(singles < steps, "every step decoded one sequence:\n{text}");
+    assert_eq!(
+        metric(&text, "scratchllm_completion_tokens_total"),
+        12.0 * 40.0
+    );
+    assert_eq!(metric(&text, "scratchllm_active_sequences"), 0.0);
+    assert_eq!(metric(&text, "scratchllm_kv_cache_bytes"), 0.0);
+    assert_eq!(
+        metric(&text, "scratchllm_time_to_first_token_seconds_count"),
+        12.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "scratchllm_requests_total{route=\"/v1/completions\",status=\"200\"}"
+        ),
+        12.0
+    );
+}
+
+#[test]
+fn streams_carry_usage_when_asked_and_bad_stream_options_are_named() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    let server = Server::start(&model, &[]);
+    let ask =
+        json!({"prompt": "Every effort", "max_tokens": 7, "temperature": 0, "ignore_eos": true});
+    let (status, plain) = server.json("/v1/completions", &ask);
+    assert_eq!(status, 200, "{plain}");
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0, "ignore_eos": true});
+    let (_, plain_chat) = server.json("/v1/chat/completions", &chat);
+    for (path, body, plain) in [
+        ("/v1/completions", &ask, &plain),
+        ("/v1/chat/completions", &chat, &plain_chat),
+    ] {
+        let mut b = body.clone();
+        b["stream"] = json!(true);
+        b["stream_options"] = json!({"include_usage": true});
+        let (status, raw) = server.request("POST", path, b.to_string().as_bytes());
+        assert_eq!(status, 200);
+        let data = sse_data(&raw);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+        let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        assert_eq!(last["choices"], json!([]), "{last}");
+        assert_eq!(last["usage"], plain["usage"], "{path}");
+        // The chunk before it ends the choice.
+        let end: Value = serde_json::from_str(&data[data.len() - 3]).unwrap();
+        assert!(end["choices"][0]["finish_reason"].is_string(), "{end}");
+        // Not asked: no usage chunk.
+        b["stream_options"] = json!({"include_usage": false});
+        let (_, raw) = server.request("POST", path, b.to_string().as_bytes());
+        let data = sse_data(&raw);
+        let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        assert!(last.get("usage").is_none(), "{last}");
+    }
+    for (options, param) in [
+        (json!("yes"), "stream_options"),
+        (json!({"include_usage": 1}), "stream_options.include_usage"),
+    ] {
+        let mut b = ask.clone();
+        b["stream"] = json!(true);
+        b["stream_options"] = options;
+        let (status, r) = server.json("/v1/completions", &b);
+        assert_eq!(status, 400, "{r}");
+        assert_eq!(r["error"]["param"], param);
+    }
+    // The penalties are checked too.
+    let (status, r) = server.json(
+        "/v1/completions",
+        &json!({"prompt": "x", "presence_penalty": 2.5}),
+    );
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["error"]["param"], "presence_penalty");
+}
+
+/// A KV-cache budget that holds one sequence: the others wait in the queue, and all are served.
+#[test]
+fn requests_wait_for_kv_cache_memory() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    // gpt2-tiny: 2 layers x (k, v) x 64 floats = 1 KiB per position; each request below takes
+    // about 203 KiB, 0.3 MiB (307 KiB) holds one.
+    let server = Arc::new(Server::start(&model, &["--kv-cache-mb", "0.3"]));
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let s = server.clone();
+            std::thread::spawn(move || {
+                s.json(
+                    "/v1/completions",
+                    &json!({"prompt": format!("Client {i}"), "max_tokens": 200, "ignore_eos": true, "temperature": 0}),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, r) = h.join().unwrap();
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], 200);
+    }
+    let (_, text) = server.request("GET", "/metrics", b"");
+    let text = String::from_utf8(text).unwrap();
+    // Never two at once: every decode step had one sequence.
+    assert_eq!(
+        metric(&text, "scratchllm_decode_batch_size_bucket{le=\"1\"}"),
+        metric(&text, "scratchllm_decode_batch_size_count"),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "scratchllm_kv_cache_budget_bytes"), 314572.0);
 }
 
 /// Runs a Python check script from `scripts/` against a server, when the test Python has what it

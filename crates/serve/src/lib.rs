@@ -5,9 +5,14 @@
 //! model loads), `POST /v1/classify` (classifier models), and `GET /` (the chat page, built into the
 //! binary). The socket is bound first and the model loads behind it; requests go through a bounded
 //! queue to the model thread ([`engine`]). Limits: body size (413), `max_tokens`, prompt length
-//! (`context_length_exceeded`), queue length (503).
+//! (`context_length_exceeded`), queue length (503). Access control (API keys, the Host header,
+//! CORS, per-key concurrency, body read time) is [`guard`]; connections, header timeouts and
+//! graceful shutdown are [`listen`].
 pub mod api;
 pub mod engine;
+pub mod guard;
+pub mod listen;
+pub mod metrics;
 #[cfg(test)]
 mod sampling_tests;
 
@@ -30,8 +35,8 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -51,11 +56,40 @@ pub struct ServeOptions {
     pub default_max_tokens: usize,
     /// Requests waiting for the model beyond those being served; more get 503.
     pub max_queue: usize,
-    /// Generations interleaved at once.
+    /// Sequences generated at once: each step advances every one of them by a token in one
+    /// batched forward pass.
     pub max_active: usize,
+    /// Prompt tokens processed per step for a request being admitted, so that a long prompt holds
+    /// the running streams back by at most one chunk.
+    pub prefill_chunk: usize,
+    /// The memory the active sequences' KV caches may take, in bytes; requests whose cache would
+    /// not fit wait in the queue.
+    pub kv_cache_bytes: usize,
     /// How the weight matrices are held (bf16: half the memory; q8_0/q4_0: quantized linear
     /// layers); `None`: as the file stores them.
     pub dtype: Option<scratchllm_model::InferenceDtype>,
+    /// Keys a `/v1` request must carry as `Authorization: Bearer KEY` (with those of
+    /// `api_key_files`); none: no key is asked for.
+    pub api_keys: Vec<guard::ApiKey>,
+    /// Files of keys, one a line (blank lines and `#` comments skipped).
+    pub api_key_files: Vec<PathBuf>,
+    /// Serve on a non-loopback address without keys (refused otherwise).
+    pub allow_unauthenticated: bool,
+    /// Origins (`https://app.example.com`, or `*`) whose browser pages may call `/v1`; none: CORS
+    /// is off.
+    pub cors_origins: Vec<String>,
+    /// Host names requests may carry besides the bound address (against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// The longest wait for a request's headers or body, and for the next request on an idle
+    /// connection.
+    pub request_timeout: Duration,
+    /// Connections open at once; more wait until one closes.
+    pub max_connections: usize,
+    /// Requests in progress per API key; more get 429.
+    pub max_concurrent_per_key: usize,
+    /// After SIGTERM or Ctrl-C, how long requests in progress may finish before their streams are
+    /// ended.
+    pub shutdown_grace: Duration,
 }
 
 impl ServeOptions {
@@ -71,7 +105,18 @@ impl ServeOptions {
             default_max_tokens: 256,
             max_queue: 32,
             dtype: None,
-            max_active: 4,
+            max_active: 16,
+            prefill_chunk: 256,
+            kv_cache_bytes: 2048 << 20,
+            api_keys: Vec::new(),
+            api_key_files: Vec::new(),
+            allow_unauthenticated: false,
+            cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            max_concurrent_per_key: 8,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -80,6 +125,9 @@ struct AppState {
     engine: OnceLock<Engine>,
     opts: ServeOptions,
     ids: AtomicU64,
+    metrics: Arc<metrics::Metrics>,
+    /// Set when shutting down ends the requests still running.
+    cut: watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -122,30 +170,41 @@ impl ServeOptions {
                 self.max_queue
             ));
         }
-        if self.max_active == 0 || self.max_tokens_limit == 0 || self.default_max_tokens == 0 {
+        if self.max_active == 0
+            || self.max_tokens_limit == 0
+            || self.default_max_tokens == 0
+            || self.prefill_chunk == 0
+            || self.kv_cache_bytes == 0
+        {
             return Err(format!(
-                "max_active ({}), max_tokens_limit ({}) and default_max_tokens ({}) must be at least 1",
-                self.max_active, self.max_tokens_limit, self.default_max_tokens
+                "max_active ({}), max_tokens_limit ({}), default_max_tokens ({}), prefill_chunk ({}) and kv_cache_bytes ({}) must be at least 1",
+                self.max_active, self.max_tokens_limit, self.default_max_tokens, self.prefill_chunk, self.kv_cache_bytes
             ));
         }
-        Ok(())
+        guard::validate(self, &guard::load_keys(self)?)
     }
 }
 
-/// Binds, loads the model behind the socket, and serves until Ctrl-C.
+/// Binds, loads the model behind the socket, and serves until SIGTERM or Ctrl-C (then shuts down
+/// gracefully, see [`listen`]).
 pub fn run(opts: ServeOptions) -> Result<(), String> {
     opts.validate()?;
+    let keys = guard::load_keys(&opts)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    runtime.block_on(serve(opts))
+    let served = runtime.block_on(serve(opts, keys));
+    // Connections a client never closed are not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
 }
 
-async fn serve(opts: ServeOptions) -> Result<(), String> {
+async fn serve(opts: ServeOptions, keys: Vec<guard::ApiKey>) -> Result<(), String> {
+    let host = opts.host.trim_start_matches('[').trim_end_matches(']');
     let addr = format!("{}:{}", opts.host, opts.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = tokio::net::TcpListener::bind((host, opts.port))
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener
@@ -155,10 +214,13 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
         "listening on http://{local} (loading {})",
         opts.model.display()
     );
+    let (cut_tx, cut) = watch::channel(false);
     let state = Arc::new(AppState {
         engine: OnceLock::new(),
         opts: opts.clone(),
         ids: AtomicU64::new(0),
+        metrics: Default::default(),
+        cut,
     });
     let loader = state.clone();
     // A model that fails to load ends the server with its error (the caller decides the exit).
@@ -174,20 +236,29 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
     let app = Router::new()
         .route("/", get(page))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/classify", post(classify))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
-        .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard::Guard::new(&opts, keys)),
+            guard::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            log_request,
+        ))
         .with_state(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("shutting down");
-    });
+    let limits = listen::Limits {
+        max_connections: opts.max_connections,
+        request_timeout: opts.request_timeout,
+        shutdown_grace: opts.shutdown_grace,
+    };
     tokio::select! {
-        served = server => served.map_err(|e| format!("serving: {e}")),
+        () = listen::serve(listener, app, limits, &cut_tx) => Ok(()),
         Ok(e) = load_failure => Err(e),
     }
 }
@@ -245,20 +316,42 @@ fn load_and_work(state: Arc<AppState>) -> Result<(), String> {
             Kind::Classifier(s) => format!("classifier: {}", s.labels.join(", ")),
         }
     );
-    engine::work(model, tokenizer, kind, rx, opts.max_active);
+    let limits = engine::Limits {
+        max_active: opts.max_active,
+        prefill_chunk: opts.prefill_chunk,
+        kv_cache_bytes: opts.kv_cache_bytes,
+    };
+    engine::work(model, tokenizer, kind, rx, limits, state.metrics.clone());
     Ok(())
 }
 
-async fn log_request(req: Request, next: Next) -> Response {
+async fn log_request(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let started = Instant::now();
     let response = next.run(req).await;
+    s.metrics.request(&path, response.status().as_u16());
     eprintln!(
         "{method} {path} {} {:.1} ms",
         response.status().as_u16(),
         started.elapsed().as_secs_f64() * 1e3
     );
     response
+}
+
+/// `GET /metrics`: Prometheus' text format.
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    let queued = s
+        .engine
+        .get()
+        .map_or(0, |e| e.jobs.max_capacity() - e.jobs.capacity());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(queued),
+    )
+        .into_response()
 }
 
 async fn page() -> Html<&'static str> {
@@ -344,6 +437,10 @@ struct GenRequest {
     opts: GenerateOptions,
     stops: Vec<String>,
     stream: bool,
+    ignore_eos: bool,
+    min_tokens: usize,
+    presence_penalty: f32,
+    frequency_penalty: f32,
 }
 
 fn gen_request(
@@ -380,11 +477,17 @@ fn gen_request(
     let opts = sampling(f, max_tokens.min(ctx - prompt.len()), e.eos)?;
     let mut stops = f.stops()?;
     stops.extend(extra_stops.iter().map(|s| s.to_string()));
+    // vLLM's extensions, which benchmark clients send.
+    let min_tokens = f.integer("min_tokens", 0, limit)?.unwrap_or(0) as usize;
     Ok(GenRequest {
         prompt,
         opts,
         stops,
         stream: f.bool("stream")?,
+        ignore_eos: f.bool("ignore_eos")?,
+        min_tokens,
+        presence_penalty: f.number("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+        frequency_penalty: f.number("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
     })
 }
 
@@ -443,32 +546,50 @@ fn busy() -> ApiError {
 fn submit(e: &Engine, r: &GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     e.jobs
-        .try_send(Job::Generate {
+        .try_send(Job::Generate(engine::Request {
             prompt: r.prompt.clone(),
             opts: r.opts.clone(),
             stops: r.stops.clone(),
+            ignore_eos: r.ignore_eos,
+            min_tokens: r.min_tokens,
+            presence_penalty: r.presence_penalty,
+            frequency_penalty: r.frequency_penalty,
             events: tx,
-        })
+            arrived: Instant::now(),
+        }))
         .map_err(|_| busy())?;
     Ok(rx)
 }
 
-/// Waits for a whole generation: (text, finish, completion tokens).
+/// Waits for a whole generation: (text, finish, completion tokens); a shutdown past its grace
+/// period ends the wait with 503.
 async fn collect(
     mut rx: mpsc::UnboundedReceiver<Event>,
+    cut: watch::Receiver<bool>,
 ) -> Result<(String, Finish, usize), ApiError> {
-    let mut text = String::new();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t) => text += &t,
-            Event::Done {
-                finish,
-                completion_tokens,
-            } => return Ok((text, finish, completion_tokens)),
-            Event::Error(m) => return Err(server_error(m)),
+    let whole = async {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text += &t,
+                Event::Done {
+                    finish,
+                    completion_tokens,
+                } => return Ok((text, finish, completion_tokens)),
+                Event::Error(m) => return Err(server_error(m)),
+            }
         }
+        Err(server_error("the model thread stopped".into()))
+    };
+    tokio::select! {
+        done = whole => done,
+        () = listen::cut_off(cut) => Err(ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "shutting_down",
+            "the server is shutting down; try again shortly",
+        )),
     }
-    Err(server_error("the model thread stopped".into()))
 }
 
 fn server_error(message: String) -> ApiError {
@@ -484,13 +605,39 @@ fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
+/// The last chunk of a stream asked with `stream_options.include_usage`, from the completion
+/// tokens.
+type UsageChunk = Box<dyn Fn(usize) -> Value + Send>;
+
+/// `stream_options.include_usage`.
+fn include_usage(body: &serde_json::Map<String, Value>) -> Result<bool, ApiError> {
+    match body.get("stream_options") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(ApiError::bad(
+                "stream_options.include_usage",
+                "stream_options.include_usage must be true or false",
+            )),
+        },
+        Some(_) => Err(ApiError::bad(
+            "stream_options",
+            "stream_options must be an object",
+        )),
+    }
+}
+
 /// Server-sent events from a generation: `chunk(text, finish)` makes each JSON chunk; the stream
-/// ends with `data: [DONE]`. When the client goes away, the relay ends and the model thread drops
-/// the generation at its next turn.
+/// ends with `data: [DONE]`, also when a shutdown past its grace period cuts it short. When the
+/// client goes away, or the stream is cut, the relay ends and the model thread drops the
+/// generation at its next turn.
 fn sse(
     mut rx: mpsc::UnboundedReceiver<Event>,
+    cut: watch::Receiver<bool>,
     first: Option<Value>,
     chunk: impl Fn(&str, Option<Finish>) -> Value + Send + 'static,
+    usage: Option<UsageChunk>,
 ) -> Response {
     let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
@@ -503,10 +650,29 @@ fn sse(
                 return;
             }
         }
-        while let Some(ev) = rx.recv().await {
+        let mut cut_off = std::pin::pin!(listen::cut_off(cut));
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = &mut cut_off => break,
+            };
+            let Some(ev) = ev else { break };
             let (data, last) = match ev {
                 Event::Text(t) => (chunk(&t, None).to_string(), false),
-                Event::Done { finish, .. } => (chunk("", Some(finish)).to_string(), true),
+                Event::Done {
+                    finish,
+                    completion_tokens,
+                } => {
+                    let last = chunk("", Some(finish)).to_string();
+                    if !send(last).await {
+                        return;
+                    }
+                    // `stream_options.include_usage`: one more chunk, with no choices.
+                    match &usage {
+                        Some(usage) => (usage(completion_tokens).to_string(), true),
+                        None => break,
+                    }
+                }
                 Event::Error(m) => (server_error(m).body().to_string(), true),
             };
             if !send(data).await {
@@ -571,15 +737,29 @@ async fn completions(
         }
     };
     let r = gen_request(&f, e, &s.opts, ("prompt", prompt), &[])?;
+    let with_usage = include_usage(&body)?;
     let rx = submit(e, &r)?;
     let (id, created, model) = (s.id("cmpl"), now(), e.name.clone());
     if r.stream {
-        return Ok(sse(rx, None, move |text, finish| {
-            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        let (uid, umodel, prompt) = (id.clone(), model.clone(), r.prompt.len());
+        let usage_chunk: Option<UsageChunk> = with_usage.then(|| {
+            Box::new(move |n| {
+                json!({"id": uid, "object": "text_completion", "created": created, "model": umodel,
+                       "choices": [], "usage": usage(prompt, n)})
+            }) as UsageChunk
+        });
+        return Ok(sse(
+            rx,
+            s.cut.clone(),
+            None,
+            move |text, finish| {
+                json!({"id": id, "object": "text_completion", "created": created, "model": model,
                    "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}]})
-        }));
+            },
+            usage_chunk,
+        ));
     }
-    let (text, finish, n) = collect(rx).await?;
+    let (text, finish, n) = collect(rx, s.cut.clone()).await?;
     Ok(Json(
         json!({"id": id, "object": "text_completion", "created": created, "model": model,
         "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish.as_str()}],
@@ -606,22 +786,36 @@ async fn chat(
         .encode_chat(&e.tokenizer, &messages)
         .map_err(|err| ApiError::bad("messages", err.to_string()))?;
     let r = gen_request(&f, e, &s.opts, ("messages", prompt), style.turn_markers())?;
+    let with_usage = include_usage(&body)?;
     let rx = submit(e, &r)?;
     let (id, created, model) = (s.id("chatcmpl"), now(), e.name.clone());
     if r.stream {
+        let (uid, umodel, prompt) = (id.clone(), model.clone(), r.prompt.len());
+        let usage_chunk: Option<UsageChunk> = with_usage.then(|| {
+            Box::new(move |n| {
+                json!({"id": uid, "object": "chat.completion.chunk", "created": created, "model": umodel,
+                       "choices": [], "usage": usage(prompt, n)})
+            }) as UsageChunk
+        });
         let first = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
-        return Ok(sse(rx, Some(first), move |text, finish| {
-            let delta = if finish.is_some() {
-                json!({})
-            } else {
-                json!({"content": text})
-            };
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        return Ok(sse(
+            rx,
+            s.cut.clone(),
+            Some(first),
+            move |text, finish| {
+                let delta = if finish.is_some() {
+                    json!({})
+                } else {
+                    json!({"content": text})
+                };
+                json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish.map(Finish::as_str)}]})
-        }));
+            },
+            usage_chunk,
+        ));
     }
-    let (text, finish, n) = collect(rx).await?;
+    let (text, finish, n) = collect(rx, s.cut.clone()).await?;
     Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str()}],
         "usage": usage(r.prompt.len(), n)}))

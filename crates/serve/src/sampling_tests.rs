@@ -3,7 +3,7 @@
 //! its generation with `Done` (good logits) or an `Error` naming the model (bad ones); never a
 //! panic, never the engine's "internal error" (a caught panic).
 use crate::api::Fields;
-use crate::engine::{work, Event, Job, Kind};
+use crate::engine::{work, Event, Finish, Job, Kind, Limits, Request};
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 use scratchllm_model::{Gpt, GptConfig, PromptStyle, Weights};
@@ -58,17 +58,34 @@ fn run_engine(model: Gpt, opts: scratchllm_model::GenerateOptions) -> Vec<Event>
     let tok = Arc::new(scratchllm_tokenizer::gpt2().unwrap());
     let (jobs, rx) = mpsc::channel(1);
     let (events, mut out) = mpsc::unbounded_channel();
-    jobs.try_send(Job::Generate {
+    jobs.try_send(Job::Generate(Request {
         prompt: vec![0],
         opts,
         stops: Vec::new(),
+        ignore_eos: false,
+        min_tokens: 0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
         events,
-    })
+        arrived: std::time::Instant::now(),
+    }))
     .map_err(|_| "queue")
     .unwrap();
     drop(jobs);
     let style = PromptStyle::Alpaca;
-    work(model, tok, Kind::Lm { style }, rx, 2);
+    let limits = Limits {
+        max_active: 2,
+        prefill_chunk: 4,
+        kv_cache_bytes: 1 << 20,
+    };
+    work(
+        model,
+        tok,
+        Kind::Lm { style },
+        rx,
+        limits,
+        Default::default(),
+    );
     let mut got = Vec::new();
     while let Ok(ev) = out.try_recv() {
         got.push(ev);
@@ -177,4 +194,102 @@ fn the_model_under_test_gives_exactly_its_logits() {
     for row in got {
         assert_eq!(row, want);
     }
+}
+
+/// The engine's events for one request after prompt [0], with vLLM's and OpenAI's extra settings.
+fn run_with(
+    model: Gpt,
+    max: usize,
+    ignore_eos: bool,
+    min_tokens: usize,
+    presence: f32,
+) -> Vec<Event> {
+    let tok = Arc::new(scratchllm_tokenizer::gpt2().unwrap());
+    let (jobs, rx) = mpsc::channel(1);
+    let (events, mut out) = mpsc::unbounded_channel();
+    let opts = scratchllm_model::GenerateOptions {
+        max_new_tokens: max,
+        stop_id: Some(50256),
+        ..Default::default()
+    };
+    jobs.try_send(Job::Generate(Request {
+        prompt: vec![0],
+        opts,
+        stops: Vec::new(),
+        ignore_eos,
+        min_tokens,
+        presence_penalty: presence,
+        frequency_penalty: 0.0,
+        events,
+        arrived: std::time::Instant::now(),
+    }))
+    .map_err(|_| "queue")
+    .unwrap();
+    drop(jobs);
+    let limits = Limits {
+        max_active: 2,
+        prefill_chunk: 4,
+        kv_cache_bytes: 1 << 20,
+    };
+    work(
+        model,
+        tok,
+        Kind::Lm {
+            style: PromptStyle::Alpaca,
+        },
+        rx,
+        limits,
+        Default::default(),
+    );
+    let mut got = Vec::new();
+    while let Ok(ev) = out.try_recv() {
+        got.push(ev);
+    }
+    got
+}
+
+/// The text and the end of a generation's events.
+fn text_and_end(events: &[Event]) -> (String, Option<(Finish, usize)>) {
+    let mut text = String::new();
+    let mut end = None;
+    for ev in events {
+        match ev {
+            Event::Text(t) => text += t,
+            Event::Done {
+                finish,
+                completion_tokens,
+            } => end = Some((*finish, *completion_tokens)),
+            Event::Error(m) => panic!("{m}"),
+        }
+    }
+    (text, end)
+}
+
+#[test]
+fn end_of_text_min_tokens_ignore_eos_and_presence_penalty() {
+    // GPT-2's vocabulary; end-of-text (50256) is the best token, then "!" (0) then '"' (1).
+    let mut logits = vec![-10.0f32; 50257];
+    logits[50256] = 3.0;
+    logits[0] = 2.0;
+    logits[1] = 1.0;
+    let m = || model_with_logits(&logits);
+    // End-of-text at once: one token, not sent.
+    assert_eq!(
+        text_and_end(&run_with(m(), 5, false, 0, 0.0)),
+        (String::new(), Some((Finish::Stop, 1)))
+    );
+    // min_tokens 3 (vLLM's: no end-of-text while fewer than 3 tokens are out): "!!!", then it.
+    assert_eq!(
+        text_and_end(&run_with(m(), 5, false, 3, 0.0)),
+        ("!!!".into(), Some((Finish::Stop, 4)))
+    );
+    // ignore_eos: end-of-text is text like any other, up to the limit.
+    let (text, end) = text_and_end(&run_with(m(), 4, true, 0, 0.0));
+    assert_eq!(end, Some((Finish::Length, 4)));
+    assert_eq!(text, "<|endoftext|>".repeat(4));
+    // A presence penalty of 1.5, once per token seen, with ignore_eos: end-of-text (3.0), then
+    // "!" (2.0 beats 3.0 - 1.5), then end-of-text (1.5 beats 2.0 - 1.5 and 1.0), and again.
+    let (text, end) = text_and_end(&run_with(m(), 4, true, 0, 1.5));
+    assert_eq!(end, Some((Finish::Length, 4)));
+    assert_eq!(text, "<|endoftext|>!<|endoftext|><|endoftext|>");
 }
