@@ -1,69 +1,16 @@
 //! `scratchllm serve` as a client sees it: the fixture model's greedy completion over HTTP, streamed
 //! chat, stop sequences, limits, a malformed-request suite, concurrency, disconnects, and the real
 //! `openai` Python client and the chat page in headless Chromium (when the test Python has them).
-use scratchllm_testutil::shared;
+mod common;
+
+use common::{fixture_model, python_check, sse_data, Server};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A running server; killed on drop. Its standard error is collected in `log`.
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
-    fn start(model: &std::path::Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
-            .args(["serve", "--port", "0", "--model"])
-            .arg(model)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on http://") {
-                    let port = rest.split(' ').next().unwrap().rsplit(':').next().unwrap();
-                    let _ = tx.send(port.parse::<u16>().unwrap());
-                }
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not start");
-        let server = Server { child, port, log };
-        let t = Instant::now();
-        while server.request("GET", "/health", b"").0 != 200 {
-            assert!(t.elapsed() < Duration::from_secs(30), "model did not load");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        s
-    }
-
     /// One HTTP/1.1 request; returns the status and the (de-chunked) body.
     fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut s = self.connect();
@@ -84,10 +31,6 @@ impl Server {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
 }
 
@@ -114,22 +57,6 @@ fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
         body = out;
     }
     (status, body)
-}
-
-/// The `data:` payloads of a server-sent event stream.
-fn sse_data(body: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(body)
-        .split("\n\n")
-        .filter_map(|e| {
-            e.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-fn fixture_model() -> Option<std::path::PathBuf> {
-    shared("fixtures/gpt2-tiny/hf")
 }
 
 #[test]
@@ -832,35 +759,6 @@ fn requests_wait_for_kv_cache_memory() {
         "{text}"
     );
     assert_eq!(metric(&text, "scratchllm_kv_cache_budget_bytes"), 314572.0);
-}
-
-/// Runs a Python check script from `scripts/` against a server, when the test Python has what it
-/// needs (`scripts/test.sh` installs it; skipped otherwise, but required under CI=true).
-fn python_check(script: &str, modules: &str, args: &[&str]) -> Option<String> {
-    let python = std::env::var("SCRATCHLLM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        let msg = format!("{python} lacks {modules}; run scripts/test.sh");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-        return None;
-    }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts")
-        .join(script);
-    let out = Command::new(&python).arg(path).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{script} failed:\n{text}");
-    Some(text)
 }
 
 #[test]

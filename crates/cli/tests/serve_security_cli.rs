@@ -3,72 +3,19 @@
 //! to serve a public address without one, `Content-Type`, the Host check, CORS, oversized bodies
 //! and slow clients, the connection cap, requests in progress per key, and graceful shutdown on
 //! SIGTERM; then the `openai` Python client and the chat page with a key.
-use scratchllm_testutil::shared;
+mod common;
+
+use common::{fixture_model, python_check, serve_command, sse_data, Server};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const JSON: &str = "Content-Type: application/json";
 
-/// A running server; killed on drop. Its standard error is collected in `log`.
-struct Server {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
-    fn start(model: &Path, extra: &[&str]) -> Server {
-        Server::start_with_env(model, extra, &[])
-    }
-
-    fn start_with_env(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = serve_command(model, extra, env)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("listening on http://") {
-                    let port = rest.split(' ').next().unwrap().rsplit(':').next().unwrap();
-                    let _ = tx.send(port.parse::<u16>().unwrap());
-                }
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let port = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server did not start");
-        let server = Server { child, port, log };
-        let t = Instant::now();
-        while server.http("GET", "/health", &[], "").status != 200 {
-            assert!(t.elapsed() < Duration::from_secs(30), "model did not load");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s
-    }
-
     /// One request with exactly these header lines (plus `Host: localhost` unless one is given,
     /// the body's length, and `Connection: close`).
     fn http(&self, method: &str, path: &str, headers: &[&str], body: &str) -> Reply {
@@ -95,45 +42,6 @@ impl Server {
         s.write_all(bytes).unwrap();
         Reply::read(&mut s)
     }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn sigterm(&self) {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-    }
-
-    /// Waits (at most `limit`) for the exit.
-    fn exit_status(&mut self, limit: Duration) -> ExitStatus {
-        let t = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                t.elapsed() < limit,
-                "no exit after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn serve_command(model: &Path, extra: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_scratchllm"));
-    c.args(["serve", "--port", "0", "--model"])
-        .arg(model)
-        .args(extra)
-        .env_remove("SCRATCHLLM_API_KEY")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null());
-    c
 }
 
 /// A response: status, lowercased head, de-chunked body.
@@ -210,21 +118,6 @@ impl Reply {
 }
 
 /// The `data:` payloads of a server-sent event stream.
-fn sse_data(body: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(body)
-        .split("\n\n")
-        .filter_map(|e| {
-            e.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-fn fixture_model() -> Option<PathBuf> {
-    shared("fixtures/gpt2-tiny/hf")
-}
-
 fn completion(max_tokens: usize) -> String {
     json!({"prompt": "Every effort moves you", "max_tokens": max_tokens, "temperature": 0})
         .to_string()
@@ -989,35 +882,6 @@ fn sigterm_lets_streams_finish_then_ends_them_with_done() {
         "{}",
         server.log()
     );
-}
-
-/// Runs a Python check script from `scripts/` against a server, when the test Python has what it
-/// needs (`scripts/test.sh` installs it; skipped otherwise, but required under CI=true).
-fn python_check(script: &str, modules: &str, args: &[&str]) -> Option<String> {
-    let python = std::env::var("SCRATCHLLM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        let msg = format!("{python} lacks {modules}; run scripts/test.sh");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-        return None;
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts")
-        .join(script);
-    let out = Command::new(&python).arg(path).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{script} failed:\n{text}");
-    Some(text)
 }
 
 #[test]

@@ -55,6 +55,18 @@ fn model_with_logits(logits: &[f32]) -> Gpt {
 
 /// The engine's events for one generation after prompt [0].
 fn run_engine(model: Gpt, opts: scratchllm_model::GenerateOptions) -> Vec<Event> {
+    run(model, opts, false, 0, 0.0)
+}
+
+/// The engine's events for one request after prompt [0], with vLLM's `ignore_eos` and
+/// `min_tokens` and OpenAI's presence penalty.
+fn run(
+    model: Gpt,
+    opts: scratchllm_model::GenerateOptions,
+    ignore_eos: bool,
+    min_tokens: usize,
+    presence_penalty: f32,
+) -> Vec<Event> {
     let tok = Arc::new(scratchllm_tokenizer::gpt2().unwrap());
     let (jobs, rx) = mpsc::channel(1);
     let (events, mut out) = mpsc::unbounded_channel();
@@ -62,9 +74,9 @@ fn run_engine(model: Gpt, opts: scratchllm_model::GenerateOptions) -> Vec<Event>
         prompt: vec![0],
         opts,
         stops: Vec::new(),
-        ignore_eos: false,
-        min_tokens: 0,
-        presence_penalty: 0.0,
+        ignore_eos,
+        min_tokens,
+        presence_penalty,
         frequency_penalty: 0.0,
         events,
         arrived: std::time::Instant::now(),
@@ -72,12 +84,12 @@ fn run_engine(model: Gpt, opts: scratchllm_model::GenerateOptions) -> Vec<Event>
     .map_err(|_| "queue")
     .unwrap();
     drop(jobs);
-    let style = PromptStyle::Alpaca;
     let limits = Limits {
         max_active: 2,
         prefill_chunk: 4,
         kv_cache_bytes: 1 << 20,
     };
+    let style = PromptStyle::Alpaca;
     work(
         model,
         tok,
@@ -196,7 +208,7 @@ fn the_model_under_test_gives_exactly_its_logits() {
     }
 }
 
-/// The engine's events for one request after prompt [0], with vLLM's and OpenAI's extra settings.
+/// [`run`] with GPT-2's end-of-text as the stop id and at most `max` tokens.
 fn run_with(
     model: Gpt,
     max: usize,
@@ -204,48 +216,12 @@ fn run_with(
     min_tokens: usize,
     presence: f32,
 ) -> Vec<Event> {
-    let tok = Arc::new(scratchllm_tokenizer::gpt2().unwrap());
-    let (jobs, rx) = mpsc::channel(1);
-    let (events, mut out) = mpsc::unbounded_channel();
     let opts = scratchllm_model::GenerateOptions {
         max_new_tokens: max,
         stop_id: Some(50256),
         ..Default::default()
     };
-    jobs.try_send(Job::Generate(Request {
-        prompt: vec![0],
-        opts,
-        stops: Vec::new(),
-        ignore_eos,
-        min_tokens,
-        presence_penalty: presence,
-        frequency_penalty: 0.0,
-        events,
-        arrived: std::time::Instant::now(),
-    }))
-    .map_err(|_| "queue")
-    .unwrap();
-    drop(jobs);
-    let limits = Limits {
-        max_active: 2,
-        prefill_chunk: 4,
-        kv_cache_bytes: 1 << 20,
-    };
-    work(
-        model,
-        tok,
-        Kind::Lm {
-            style: PromptStyle::Alpaca,
-        },
-        rx,
-        limits,
-        Default::default(),
-    );
-    let mut got = Vec::new();
-    while let Ok(ev) = out.try_recv() {
-        got.push(ev);
-    }
-    got
+    run(model, opts, ignore_eos, min_tokens, presence)
 }
 
 /// The text and the end of a generation's events.
