@@ -12,7 +12,8 @@ concurrent clients, time to first token on an idle and on a busy server, and a s
     python3 scripts/bench_serve.py URL --soak 300 --clients 32 --pid PID
         `--clients` clients for that many seconds, streaming and not, a fifth of the streams
         dropped mid-way. Fails (exit 1) on any 5xx, a completed stream without `[DONE]`, or RSS
-        (of PID, read from /proc) at the end more than 5% above RSS after the first fifth of the run.
+        (of PID, read from /proc) at the end more than 5% (`--rss-growth-pct`) above RSS after the
+        first fifth of the run.
 
 `--api-key KEY` sends `Authorization: Bearer KEY`; `--model NAME` names the model in requests.
 """
@@ -28,6 +29,7 @@ p.add_argument("--model")
 p.add_argument("--ttft", action="store_true")
 p.add_argument("--soak", type=float, default=0)
 p.add_argument("--pid", type=int)
+p.add_argument("--rss-growth-pct", type=float, default=5.0, help="the soak's limit on RSS growth")
 p.add_argument("--repeat", type=int, default=1, help="throughput runs; the median is printed")
 a = p.parse_args()
 url = urllib.parse.urlparse(a.url)
@@ -204,7 +206,7 @@ def soak():
         print(f"RESULT rss_early_mb {rss_early[0] / 1024:.1f}")
         print(f"RESULT rss_end_mb {late / 1024:.1f}")
         print(f"RESULT rss_growth_pct {100 * growth:.1f}")
-        failed |= growth > 0.05
+        failed |= growth * 100 > a.rss_growth_pct
     print(f"RESULT soak_requests {stats['requests']}")
     print(f"RESULT soak_ok {0 if failed else 1}")
     raise SystemExit(1 if failed else 0)

@@ -725,6 +725,116 @@ fn streams_carry_usage_when_asked_and_bad_stream_options_are_named() {
     assert_eq!(r["error"]["param"], "presence_penalty");
 }
 
+/// The soak benchmark, shortened: 12 clients for 8 seconds, streaming and not, a fifth of the
+/// streams dropped mid-way: no 5xx, every completed stream ends with `[DONE]`, and no gross growth
+/// of the server's memory (the benchmark's 5% is for its 5-minute run; here 50%).
+#[test]
+fn a_short_soak_answers_everyone_and_ends_every_stream() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    let server = Server::start(&model, &["--max-queue", "64"]);
+    let (url, pid) = (
+        format!("http://127.0.0.1:{}", server.port),
+        server.child.id().to_string(),
+    );
+    let args = [
+        url.as_str(),
+        "--soak",
+        "8",
+        "--clients",
+        "12",
+        "--tokens",
+        "24",
+        "--pid",
+        &pid,
+        "--rss-growth-pct",
+        "50",
+    ];
+    let Some(out) = python_check("bench_serve.py", "json", &args) else {
+        return;
+    };
+    assert!(out.contains("RESULT soak_ok 1"), "{out}");
+    let stats: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(stats["requests"].as_u64().unwrap() > 12, "{out}");
+    assert_eq!(stats["5xx"], 0, "{out}");
+    assert_eq!(stats["streams"], stats["done"], "{out}");
+    // The server still answers.
+    let (status, _) = server.json("/v1/completions", &json!({"prompt": "hi", "max_tokens": 2}));
+    assert_eq!(status, 200);
+}
+
+/// A classifier trained in seconds on a toy spam task (a tiny GPT-2 shape): its model directory.
+fn toy_classifier(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut t = String::new();
+    for i in 0..40 {
+        t += &format!("spam\tWIN a FREE prize {i}! Call 0906{i:04} now to claim your cash\n");
+        t += &format!(
+            "ham\tare we still meeting at {} tonight? see you soon\n",
+            i % 12 + 1
+        );
+    }
+    std::fs::write(dir.join("toy.tsv"), t).unwrap();
+    std::fs::write(
+        dir.join("tiny.json"),
+        r#"{"vocab_size": 50257, "context_length": 24, "emb_dim": 32, "n_heads": 2, "n_layers": 2}"#,
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
+        .args(["finetune", "classify", "--model-config"])
+        .arg(dir.join("tiny.json"))
+        .arg("--data")
+        .arg(dir.join("toy.tsv"))
+        .arg("--out")
+        .arg(dir.join("run"))
+        .args(["--trainable", "all", "--lr", "2e-3", "--epochs", "2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    dir.join("run").join("model")
+}
+
+#[test]
+fn a_classifier_model_gets_the_classification_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&toy_classifier(dir.path()), &[]);
+    let (status, page) = server.request("GET", "/", b"");
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("<title>scratchllm classifier</title>"),
+        "{page}"
+    );
+    let texts = [
+        "WIN a FREE prize 99! Call 09060099 now to claim your cash",
+        "are we still meeting at 5 tonight? see you soon",
+        "lunch?",
+    ];
+    let (status, r) = server.json("/v1/classify", &json!({ "input": texts }));
+    assert_eq!(status, 200, "{r}");
+    let data = r["data"].as_array().unwrap();
+    let labels: Vec<&str> = data.iter().map(|d| d["label"].as_str().unwrap()).collect();
+    let probs: Vec<Vec<f64>> = data
+        .iter()
+        .map(|d| {
+            ["ham", "spam"]
+                .iter()
+                .map(|l| d["probabilities"][l].as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(&labels[..2], ["spam", "ham"], "{r}");
+    let expected = json!({"texts": texts, "labels": labels, "probabilities": probs}).to_string();
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artifacts/classify-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let args = [url.as_str(), shot.to_str().unwrap(), expected.as_str()];
+    if let Some(out) = python_check("check_classify_page.py", "selenium", &args) {
+        assert!(out.contains("classify page: ok"), "{out}");
+    }
+}
+
 /// A KV-cache budget that holds one sequence: the others wait in the queue, and all are served.
 #[test]
 fn requests_wait_for_kv_cache_memory() {

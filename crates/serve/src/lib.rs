@@ -354,8 +354,13 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn page() -> Html<&'static str> {
-    Html(include_str!("page.html"))
+/// `GET /`: the classification page for a classifier model, the chat page for a language model
+/// (and while the model loads).
+async fn page(State(s): State<Arc<AppState>>) -> Html<&'static str> {
+    match s.engine.get().map(|e| &e.kind) {
+        Some(Kind::Classifier(_)) => Html(include_str!("classify.html")),
+        _ => Html(include_str!("page.html")),
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {
