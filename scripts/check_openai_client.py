@@ -46,8 +46,17 @@ for chunk in stream:
 assert "".join(pieces) == answer, ("".join(pieces), answer)
 assert finish == chat.choices[0].finish_reason, finish
 
+two = client.completions.create(model=name, prompt="Every effort moves you", max_tokens=5, n=2, seed=7, temperature=1.0)
+assert [c.index for c in two.choices] == [0, 1], two
+assert 2 <= two.usage.completion_tokens <= 10, two.usage
+chunks = client.completions.create(
+    model=name, prompt="Every effort", max_tokens=3, temperature=0, stream=True, stream_options={"include_usage": True}
+)
+with_usage = [c for c in chunks if c.usage]
+assert len(with_usage) == 1 and 1 <= with_usage[0].usage.completion_tokens <= 3, with_usage
+
 for bad, status in [
-    (dict(model=name, messages=[{"role": "user", "content": "x"}], n=2), 400),
+    (dict(model=name, messages=[{"role": "user", "content": "x"}], n=9), 400),
     (dict(model="no-such-model", messages=[{"role": "user", "content": "x"}]), 404),
     (dict(model=name, messages=[{"role": "user", "content": "word " * 400}]), 400),
 ]:

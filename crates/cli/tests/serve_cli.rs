@@ -384,10 +384,10 @@ fn malformed_requests_get_openai_errors_and_no_panic() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": "hi", "n": 3}),
+            json!({"prompt": "hi", "n": 9}),
             400,
             "n",
-            "n = 1",
+            "n is 9; it must be a whole number from 1 to 8",
         ),
         (
             "/v1/completions",
@@ -833,6 +833,75 @@ fn a_classifier_model_gets_the_classification_page() {
     if let Some(out) = python_check("check_classify_page.py", "selenium", &args) {
         assert!(out.contains("classify page: ok"), "{out}");
     }
+}
+
+/// `n` choices: the prompt read once, choice k sampling with the request's seed plus k, each
+/// exactly what a one-choice request with that seed gives; streamed with their indices.
+#[test]
+fn n_choices_share_the_prompt_and_each_is_its_seed() {
+    let Some(model) = fixture_model() else {
+        return;
+    };
+    let server = Server::start(&model, &[]);
+    let ask = |n: usize, seed: u64| {
+        json!({"prompt": "Every effort moves you", "max_tokens": 12, "temperature": 1.0,
+               "seed": seed, "n": n, "ignore_eos": true})
+    };
+    let prompt_tokens = |s: &Server| {
+        let (_, text) = s.request("GET", "/metrics", b"");
+        metric(
+            &String::from_utf8(text).unwrap(),
+            "scratchllm_prompt_tokens_total",
+        )
+    };
+    let before = prompt_tokens(&server);
+    let (status, three) = server.json("/v1/completions", &ask(3, 40));
+    assert_eq!(status, 200, "{three}");
+    let prompt_len = three["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert_eq!(
+        prompt_tokens(&server) - before,
+        prompt_len,
+        "the prompt is read once"
+    );
+    assert_eq!(three["usage"]["completion_tokens"], 36);
+    let choices = three["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (k, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], k);
+        let (_, one) = server.json("/v1/completions", &ask(1, 40 + k as u64));
+        assert_eq!(c["text"], one["choices"][0]["text"], "choice {k}");
+    }
+    assert_ne!(choices[0]["text"], choices[1]["text"], "{three}");
+    // Streamed: each index's pieces make its text, and each ends with a finish_reason.
+    let mut b = ask(3, 40);
+    b["stream"] = json!(true);
+    let (status, raw) = server.request("POST", "/v1/completions", b.to_string().as_bytes());
+    assert_eq!(status, 200);
+    let mut texts = vec![String::new(); 3];
+    let mut ends = vec![0; 3];
+    for d in sse_data(&raw).iter().filter(|d| *d != "[DONE]") {
+        let v: Value = serde_json::from_str(d).unwrap();
+        let c = &v["choices"][0];
+        let i = c["index"].as_u64().unwrap() as usize;
+        texts[i] += c["text"].as_str().unwrap();
+        ends[i] += usize::from(c["finish_reason"].is_string());
+    }
+    assert_eq!(ends, [1, 1, 1]);
+    for (k, t) in texts.iter().enumerate() {
+        assert_eq!(
+            t,
+            choices[k]["text"].as_str().unwrap(),
+            "streamed choice {k}"
+        );
+    }
+    // Chat: as many messages.
+    let (status, chat) = server.json(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "n": 2, "max_tokens": 4}),
+    );
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(chat["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(chat["choices"][1]["index"], 1);
 }
 
 /// A KV-cache budget that holds one sequence: the others wait in the queue, and all are served.

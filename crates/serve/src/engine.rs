@@ -71,6 +71,10 @@ pub struct Request {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub events: mpsc::UnboundedSender<Event>,
+    /// The events of more choices of the same prompt (OpenAI's `n` - 1): the prompt is read once,
+    /// then each choice samples on from a copy of its cache with the request's seed plus its
+    /// index.
+    pub more: Vec<mpsc::UnboundedSender<Event>>,
     /// When the request arrived (time to first token counts from here).
     pub arrived: Instant,
 }
@@ -117,9 +121,48 @@ struct Sequence<'m> {
     events: mpsc::UnboundedSender<Event>,
     /// When the request arrived, then when the last token was chosen.
     last: Instant,
+    /// The other choices, which start from this one's cache once the prompt is read.
+    forks: Vec<Fork<'m>>,
 }
 
-impl Sequence<'_> {
+/// A choice waiting for its prompt to be read.
+struct Fork<'m> {
+    sampler: Sampler,
+    text: TextStream<'m>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl<'m> Sequence<'m> {
+    /// The other choices of the request, each with a copy of the cache (the prompt just read),
+    /// given its token from the same logits; the ones that go on.
+    fn fork(&mut self, model: &Gpt, metrics: &Metrics, logits: &[f32]) -> Vec<Sequence<'m>> {
+        let each = self.bytes / (1 + self.forks.len());
+        let mut born = Vec::new();
+        for f in std::mem::take(&mut self.forks) {
+            self.bytes -= each;
+            let mut s = Sequence {
+                ids: self.ids.clone(),
+                fed: self.fed,
+                cache: self.cache.clone(),
+                bytes: each,
+                sampler: f.sampler,
+                text: f.text,
+                produced: 0,
+                stop_ids: self.stop_ids.clone(),
+                min_tokens: self.min_tokens,
+                penalties: self.penalties,
+                counts: Default::default(),
+                events: f.events,
+                last: self.last,
+                forks: Vec::new(),
+            };
+            if s.accept(model, metrics, logits) {
+                born.push(s);
+            }
+        }
+        born
+    }
+
     /// Whether every token but the newest is in the cache: the next step decodes.
     fn decoding(&self) -> bool {
         self.fed + 1 == self.ids.len() && self.produced > 0
@@ -210,7 +253,10 @@ impl Sequence<'_> {
     }
 
     fn fail(&self, message: String) -> bool {
-        let _ = self.events.send(Event::Error(message));
+        let _ = self.events.send(Event::Error(message.clone()));
+        for f in &self.forks {
+            let _ = f.events.send(Event::Error(message.clone()));
+        }
         false
     }
 }
@@ -234,7 +280,7 @@ impl<'m> Batcher<'m> {
     /// Starts a generation when its cache fits the budget; gives the job back when it must wait.
     fn admit(&mut self, r: Request) -> Option<Job> {
         let positions = (r.prompt.len() + r.opts.max_new_tokens).min(context(self.model));
-        let bytes = self.model.cache_bytes(positions);
+        let bytes = self.model.cache_bytes(positions) * (1 + r.more.len());
         if self.used_bytes + bytes > self.limits.kv_cache_bytes && !self.active.is_empty() {
             return Some(Job::Generate(r));
         }
@@ -247,10 +293,13 @@ impl<'m> Batcher<'m> {
             presence_penalty,
             frequency_penalty,
             events,
+            more,
             arrived,
         } = r;
         if let Err(e) = self.check(&prompt, &opts) {
-            let _ = events.send(Event::Error(e));
+            for events in std::iter::once(&events).chain(&more) {
+                let _ = events.send(Event::Error(e.clone()));
+            }
             return None;
         }
         let mut stop_ids = self.stop_ids.clone();
@@ -262,7 +311,9 @@ impl<'m> Batcher<'m> {
         let cache = match self.model.preallocated_cache(positions) {
             Ok(c) => c,
             Err(e) => {
-                let _ = events.send(Event::Error(format!("making the KV cache: {e}")));
+                for events in std::iter::once(&events).chain(&more) {
+                    let _ = events.send(Event::Error(format!("making the KV cache: {e}")));
+                }
                 return None;
             }
         };
@@ -270,13 +321,26 @@ impl<'m> Batcher<'m> {
         self.metrics
             .prompt_tokens
             .fetch_add(prompt.len() as u64, Ordering::Relaxed);
+        let tok = self.tok;
+        let forks = more
+            .into_iter()
+            .enumerate()
+            .map(|(i, events)| Fork {
+                sampler: Sampler::new(&GenerateOptions {
+                    seed: opts.seed.wrapping_add(1 + i as u64),
+                    ..opts.clone()
+                }),
+                text: TextStream::new(tok, stop_ids.clone(), stops.clone()),
+                events,
+            })
+            .collect();
         self.active.push(Sequence {
             ids: prompt,
             fed: 0,
             cache,
             bytes,
             sampler: Sampler::new(&opts),
-            text: TextStream::new(self.tok, stop_ids.clone(), stops),
+            text: TextStream::new(tok, stop_ids.clone(), stops),
             produced: 0,
             stop_ids,
             min_tokens,
@@ -284,6 +348,7 @@ impl<'m> Batcher<'m> {
             counts: Default::default(),
             events,
             last: arrived,
+            forks,
         });
         None
     }
@@ -329,12 +394,13 @@ impl<'m> Batcher<'m> {
         // The prompt chunk first, so that a request arriving while others run gets its first
         // token within about one step.
         let mut keep = vec![true; self.active.len()];
+        let mut born = Vec::new();
         if let Some(i) = (0..self.active.len()).find(|&i| self.active[i].produced == 0) {
             let chunk = self.limits.prefill_chunk;
             let s = &self.active[i];
             let end = (s.fed + chunk).min(s.ids.len());
             if end == s.ids.len() {
-                self.run(&[i], &mut keep, |s| s.fed..s.ids.len());
+                born = self.run(&[i], &mut keep, |s| s.fed..s.ids.len());
             } else {
                 self.feed(i, end, &mut keep);
             }
@@ -348,6 +414,7 @@ impl<'m> Batcher<'m> {
         }
         let mut k = keep.into_iter();
         self.retain(|_| k.next().unwrap_or(false));
+        self.active.extend(born);
     }
 
     /// Publishes the gauges.
@@ -379,7 +446,7 @@ impl<'m> Batcher<'m> {
         batch: &[usize],
         keep: &mut [bool],
         range: impl Fn(&Sequence) -> std::ops::Range<usize>,
-    ) {
+    ) -> Vec<Sequence<'m>> {
         let (model, metrics) = (self.model, self.metrics);
         let ranges: Vec<_> = batch.iter().map(|&i| range(&self.active[i])).collect();
         let mut chosen: Vec<&mut Sequence> = self
@@ -413,19 +480,24 @@ impl<'m> Batcher<'m> {
                 for (&i, s) in batch.iter().zip(&chosen) {
                     keep[i] = s.fail(e.clone());
                 }
-                return;
+                return Vec::new();
             }
             Err(_) => {
                 for (&i, s) in batch.iter().zip(&chosen) {
                     keep[i] = s.fail("internal error while generating".into());
                 }
-                return;
+                return Vec::new();
             }
         };
+        let mut born = Vec::new();
         for ((&i, s), (l, r)) in batch.iter().zip(chosen).zip(logits.iter().zip(ranges)) {
             s.fed = r.end;
+            if !s.forks.is_empty() {
+                born.extend(s.fork(model, metrics, l));
+            }
             keep[i] = s.accept(model, metrics, l);
         }
+        born
     }
 
     /// Keeps the sequences `f` says to keep; the others free their slot and their cache's memory.

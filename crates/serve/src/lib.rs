@@ -425,16 +425,12 @@ fn check_common(f: &Fields, e: &Engine) -> Result<(), ApiError> {
             .with_code("model_not_found"));
         }
     }
-    if let Some(n) = f.integer("n", 0, u64::MAX)? {
-        if n != 1 {
-            return Err(ApiError::bad(
-                "n",
-                format!("n is {n}; this server generates one choice per request (n = 1)"),
-            ));
-        }
-    }
+    f.integer("n", 1, MAX_CHOICES as u64)?;
     Ok(())
 }
+
+/// The most choices (`n`) a request may ask for: they share the prompt's pass.
+pub const MAX_CHOICES: usize = 8;
 
 /// A generation request, checked.
 struct GenRequest {
@@ -446,6 +442,8 @@ struct GenRequest {
     min_tokens: usize,
     presence_penalty: f32,
     frequency_penalty: f32,
+    /// Choices (`n`).
+    n: usize,
 }
 
 fn gen_request(
@@ -491,6 +489,7 @@ fn gen_request(
         stream: f.bool("stream")?,
         ignore_eos: f.bool("ignore_eos")?,
         min_tokens,
+        n: f.integer("n", 1, MAX_CHOICES as u64)?.unwrap_or(1) as usize,
         presence_penalty: f.number("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
         frequency_penalty: f.number("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
     })
@@ -548,8 +547,9 @@ fn busy() -> ApiError {
 }
 
 /// Queues a generation; its events arrive on the returned receiver.
-fn submit(e: &Engine, r: &GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
-    let (tx, rx) = mpsc::unbounded_channel();
+fn submit(e: &Engine, r: &GenRequest) -> Result<Vec<mpsc::UnboundedReceiver<Event>>, ApiError> {
+    let (mut txs, rxs): (Vec<_>, Vec<_>) = (0..r.n).map(|_| mpsc::unbounded_channel()).unzip();
+    let tx = txs.remove(0);
     e.jobs
         .try_send(Job::Generate(engine::Request {
             prompt: r.prompt.clone(),
@@ -560,10 +560,41 @@ fn submit(e: &Engine, r: &GenRequest) -> Result<mpsc::UnboundedReceiver<Event>, 
             presence_penalty: r.presence_penalty,
             frequency_penalty: r.frequency_penalty,
             events: tx,
+            more: txs,
             arrived: Instant::now(),
         }))
         .map_err(|_| busy())?;
-    Ok(rx)
+    Ok(rxs)
+}
+
+/// Waits for every choice: (text, finish, completion tokens) of each.
+async fn collect_all(
+    rxs: Vec<mpsc::UnboundedReceiver<Event>>,
+    cut: watch::Receiver<bool>,
+) -> Result<Vec<(String, Finish, usize)>, ApiError> {
+    let mut all = Vec::with_capacity(rxs.len());
+    for rx in rxs {
+        all.push(collect(rx, cut.clone()).await?);
+    }
+    Ok(all)
+}
+
+/// The events of every choice on one channel, with the choice's index.
+fn merged(rxs: Vec<mpsc::UnboundedReceiver<Event>>) -> mpsc::UnboundedReceiver<(usize, Event)> {
+    let (tx, out) = mpsc::unbounded_channel();
+    for (i, mut rx) in rxs.into_iter().enumerate() {
+        let tx = tx.clone();
+        // When the client goes, `out` is dropped, the send fails and `rx` with it: the model
+        // thread drops the choice at its next turn.
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                if tx.send((i, ev)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    out
 }
 
 /// Waits for a whole generation: (text, finish, completion tokens); a shutdown past its grace
@@ -638,12 +669,15 @@ fn include_usage(body: &serde_json::Map<String, Value>) -> Result<bool, ApiError
 /// client goes away, or the stream is cut, the relay ends and the model thread drops the
 /// generation at its next turn.
 fn sse(
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    rxs: Vec<mpsc::UnboundedReceiver<Event>>,
     cut: watch::Receiver<bool>,
     first: Option<Value>,
-    chunk: impl Fn(&str, Option<Finish>) -> Value + Send + 'static,
+    chunk: impl Fn(usize, &str, Option<Finish>) -> Value + Send + 'static,
     usage: Option<UsageChunk>,
 ) -> Response {
+    let mut open = rxs.len();
+    let mut rx = merged(rxs);
+    let mut completion_tokens = 0;
     let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
         let send = |v: String| {
@@ -663,22 +697,31 @@ fn sse(
             };
             let Some(ev) = ev else { break };
             let (data, last) = match ev {
-                Event::Text(t) => (chunk(&t, None).to_string(), false),
-                Event::Done {
-                    finish,
-                    completion_tokens,
-                } => {
-                    let last = chunk("", Some(finish)).to_string();
-                    if !send(last).await {
-                        return;
-                    }
-                    // `stream_options.include_usage`: one more chunk, with no choices.
-                    match &usage {
-                        Some(usage) => (usage(completion_tokens).to_string(), true),
-                        None => break,
+                (i, Event::Text(t)) => (chunk(i, &t, None).to_string(), false),
+                (
+                    i,
+                    Event::Done {
+                        finish,
+                        completion_tokens: n,
+                    },
+                ) => {
+                    completion_tokens += n;
+                    open -= 1;
+                    let end = chunk(i, "", Some(finish)).to_string();
+                    if open > 0 {
+                        (end, false)
+                    } else {
+                        if !send(end).await {
+                            return;
+                        }
+                        // `stream_options.include_usage`: one more chunk, with no choices.
+                        match &usage {
+                            Some(usage) => (usage(completion_tokens).to_string(), true),
+                            None => break,
+                        }
                     }
                 }
-                Event::Error(m) => (server_error(m).body().to_string(), true),
+                (_, Event::Error(m)) => (server_error(m).body().to_string(), true),
             };
             if !send(data).await {
                 return;
@@ -743,7 +786,7 @@ async fn completions(
     };
     let r = gen_request(&f, e, &s.opts, ("prompt", prompt), &[])?;
     let with_usage = include_usage(&body)?;
-    let rx = submit(e, &r)?;
+    let rxs = submit(e, &r)?;
     let (id, created, model) = (s.id("cmpl"), now(), e.name.clone());
     if r.stream {
         let (uid, umodel, prompt) = (id.clone(), model.clone(), r.prompt.len());
@@ -754,21 +797,28 @@ async fn completions(
             }) as UsageChunk
         });
         return Ok(sse(
-            rx,
+            rxs,
             s.cut.clone(),
             None,
-            move |text, finish| {
+            move |i, text, finish| {
                 json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}]})
+                   "choices": [{"text": text, "index": i, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}]})
             },
             usage_chunk,
         ));
     }
-    let (text, finish, n) = collect(rx, s.cut.clone()).await?;
+    let all = collect_all(rxs, s.cut.clone()).await?;
+    let choices: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (text, finish, _))| {
+            json!({"text": text, "index": i, "logprobs": null, "finish_reason": finish.as_str()})
+        })
+        .collect();
+    let n = all.iter().map(|c| c.2).sum();
     Ok(Json(
         json!({"id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish.as_str()}],
-        "usage": usage(r.prompt.len(), n)}),
+        "choices": choices, "usage": usage(r.prompt.len(), n)}),
     )
     .into_response())
 }
@@ -792,7 +842,7 @@ async fn chat(
         .map_err(|err| ApiError::bad("messages", err.to_string()))?;
     let r = gen_request(&f, e, &s.opts, ("messages", prompt), style.turn_markers())?;
     let with_usage = include_usage(&body)?;
-    let rx = submit(e, &r)?;
+    let rxs = submit(e, &r)?;
     let (id, created, model) = (s.id("chatcmpl"), now(), e.name.clone());
     if r.stream {
         let (uid, umodel, prompt) = (id.clone(), model.clone(), r.prompt.len());
@@ -802,28 +852,40 @@ async fn chat(
                        "choices": [], "usage": usage(prompt, n)})
             }) as UsageChunk
         });
+        let roles: Vec<Value> = (0..r.n)
+            .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}))
+            .collect();
         let first = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]});
+            "choices": roles});
         return Ok(sse(
-            rx,
+            rxs,
             s.cut.clone(),
             Some(first),
-            move |text, finish| {
+            move |i, text, finish| {
                 let delta = if finish.is_some() {
                     json!({})
                 } else {
                     json!({"content": text})
                 };
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish.map(Finish::as_str)}]})
+                   "choices": [{"index": i, "delta": delta, "finish_reason": finish.map(Finish::as_str)}]})
             },
             usage_chunk,
         ));
     }
-    let (text, finish, n) = collect(rx, s.cut.clone()).await?;
-    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str()}],
-        "usage": usage(r.prompt.len(), n)}))
+    let all = collect_all(rxs, s.cut.clone()).await?;
+    let choices: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .map(|(i, (text, finish, _))| {
+            json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str()})
+        })
+        .collect();
+    let n = all.iter().map(|c| c.2).sum();
+    Ok(Json(
+        json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": choices, "usage": usage(r.prompt.len(), n)}),
+    )
     .into_response())
 }
 

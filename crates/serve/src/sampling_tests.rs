@@ -79,6 +79,7 @@ fn run(
         presence_penalty,
         frequency_penalty: 0.0,
         events,
+        more: Vec::new(),
         arrived: std::time::Instant::now(),
     }))
     .map_err(|_| "queue")
