@@ -643,10 +643,20 @@ fn batched_requests_give_what_each_gives_alone_and_metrics_count_them() {
         assert_eq!(status, 200, "{r}");
         assert_eq!(answer(&r), alone[i], "request {i} batched with the others");
     }
-    // The six ran together: some steps decoded several sequences in one pass.
-    let (status, text) = server.request("GET", "/metrics", b"");
-    assert_eq!(status, 200);
-    let text = String::from_utf8(text).unwrap();
+    // The six ran together: some steps decoded several sequences in one pass. (The gauges are
+    // published after the step that sent the last token: wait for them to settle.)
+    let t = Instant::now();
+    let text = loop {
+        let (status, text) = server.request("GET", "/metrics", b"");
+        assert_eq!(status, 200);
+        let text = String::from_utf8(text).unwrap();
+        if metric(&text, "scratchllm_active_sequences") == 0.0
+            || t.elapsed() > Duration::from_secs(5)
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let steps = metric(&text, "scratchllm_decode_batch_size_count") - single_steps;
     let singles = metric(&text, "scratchllm_decode_batch_size_bucket{le=\"1\"}") - single_steps;
     assert!(singles < steps, "every step decoded one sequence:\n{text}");
