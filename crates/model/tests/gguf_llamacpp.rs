@@ -157,6 +157,23 @@ fn llamacpp_computes_transformers_probabilities_on_our_f32_files_and_tokenizes_a
     }
 }
 
+/// The CPU, for failure messages: llama.cpp's prebuilt picks its kernels by the CPU's features.
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let amx = field("flags").is_some_and(|f| f.split(' ').any(|x| x == "amx_int8"));
+    format!(
+        "{}{}",
+        field("model name").unwrap_or_else(|| "an unknown CPU".into()),
+        if amx { ", with AMX" } else { "" }
+    )
+}
+
 #[test]
 fn on_quantized_files_our_distribution_is_llamacpps() {
     let Some(script) = llamacpp() else { return };
@@ -199,8 +216,9 @@ fn on_quantized_files_our_distribution_is_llamacpps() {
                 );
                 assert!(
                     ours_theirs < bound,
-                    "{name} {} prompt {i}: {ours_theirs}",
-                    quant.name()
+                    "{name} {} prompt {i}: {ours_theirs} (on {})",
+                    quant.name(),
+                    cpu_name()
                 );
                 // As far from the unquantized model as llama.cpp is.
                 let gap = (tv(&mine, &exact) - tv(&theirs[i], &exact)).abs();
