@@ -15,26 +15,14 @@ fn text(b: &[u8]) -> String {
 }
 
 fn toy(dir: &Path) -> String {
-    let mut t = String::new();
-    for i in 0..40 {
-        t += &format!("spam\tWIN a FREE prize {i}! Call 0906{i:04} now to claim your cash\n");
-        t += &format!(
-            "ham\tare we still meeting at {} tonight? see you soon\n",
-            i % 12 + 1
-        );
-    }
     let p = dir.join("toy.tsv");
-    std::fs::write(&p, t).unwrap();
+    std::fs::write(&p, scratchllm_testutil::toy_spam_tsv()).unwrap();
     p.display().to_string()
 }
 
 fn model_config(dir: &Path) -> String {
     let p = dir.join("tiny.json");
-    std::fs::write(
-        &p,
-        r#"{"vocab_size": 50257, "context_length": 24, "emb_dim": 32, "n_heads": 2, "n_layers": 2}"#,
-    )
-    .unwrap();
+    std::fs::write(&p, scratchllm_testutil::TINY_CLASSIFIER_CONFIG).unwrap();
     p.display().to_string()
 }
 

@@ -551,24 +551,9 @@ fn concurrent_clients_a_full_queue_and_disconnects() {
     assert_eq!(busy[0]["error"]["code"], "queue_full");
 
     // A client that leaves mid-stream: its generation is dropped, the next request is served.
-    let mut s = server.connect();
-    let body =
-        json!({"prompt": "Once", "max_tokens": 250, "stream": true, "temperature": 0}).to_string();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
     // Wait for the first token (the headers come before the model takes the request off the
     // queue), so the queue is empty again when the client leaves.
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("data: ") {
-        let mut chunk = [0u8; 256];
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "the stream ended early");
-        seen.extend_from_slice(&chunk[..n]);
-    }
+    let (s, _) = server.open_stream(250);
     drop(s);
     let (status, _) = server.json("/v1/completions", &json!({"prompt": "hi", "max_tokens": 3}));
     assert_eq!(status, 200);
@@ -776,18 +761,10 @@ fn a_short_soak_answers_everyone_and_ends_every_stream() {
 
 /// A classifier trained in seconds on a toy spam task (a tiny GPT-2 shape): its model directory.
 fn toy_classifier(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut t = String::new();
-    for i in 0..40 {
-        t += &format!("spam\tWIN a FREE prize {i}! Call 0906{i:04} now to claim your cash\n");
-        t += &format!(
-            "ham\tare we still meeting at {} tonight? see you soon\n",
-            i % 12 + 1
-        );
-    }
-    std::fs::write(dir.join("toy.tsv"), t).unwrap();
+    std::fs::write(dir.join("toy.tsv"), scratchllm_testutil::toy_spam_tsv()).unwrap();
     std::fs::write(
         dir.join("tiny.json"),
-        r#"{"vocab_size": 50257, "context_length": 24, "emb_dim": 32, "n_heads": 2, "n_layers": 2}"#,
+        scratchllm_testutil::TINY_CLASSIFIER_CONFIG,
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_scratchllm"))

@@ -761,27 +761,6 @@ fn slow_model(root: &Path) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// Starts a greedy stream of `tokens` tokens and returns the connection once the first event is in.
-fn open_stream(server: &Server, tokens: usize) -> (TcpStream, Vec<u8>) {
-    let body = json!({"prompt": "Once", "max_tokens": tokens, "temperature": 0, "stream": true})
-        .to_string();
-    let mut s = server.connect();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n{JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("data: ") {
-        let mut chunk = [0u8; 512];
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "the stream ended early");
-        seen.extend_from_slice(&chunk[..n]);
-    }
-    (s, seen)
-}
-
 /// The stream's JSON chunks and whether it ended with `[DONE]`.
 fn finish_stream(mut s: TcpStream, mut seen: Vec<u8>) -> (Vec<Value>, bool) {
     let _ = s.read_to_end(&mut seen);
@@ -813,7 +792,7 @@ fn sigterm_lets_streams_finish_then_ends_them_with_done() {
             "30",
         ],
     );
-    let (s, seen) = open_stream(&server, 300);
+    let (s, seen) = server.open_stream(300);
     let port = server.port;
     let others: Vec<_> = (0..3)
         .map(|_| {
@@ -853,7 +832,7 @@ fn sigterm_lets_streams_finish_then_ends_them_with_done() {
 
     // A short grace: the stream still generating after it ends with [DONE] and no finish.
     let mut server = Server::start(&model, &["--shutdown-grace", "1"]);
-    let (s, seen) = open_stream(&server, 4000);
+    let (s, seen) = server.open_stream(4000);
     let t = Instant::now();
     server.sigterm();
     // New connections are refused at once, while the stream goes on.

@@ -82,6 +82,11 @@ impl<'t> TextStream<'t> {
         Piece::Done(text + &self.filter.finish(), Finish::Length)
     }
 
+    /// The ids that end the text.
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
     /// Whether the end was given.
     pub fn is_done(&self) -> bool {
         self.done

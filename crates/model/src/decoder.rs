@@ -22,7 +22,7 @@
 //! Gemma's norm weights are stored as published (the scale is 1 + w).
 use crate::config::{Arch, GptConfig, RopeScaling};
 use crate::error::Result;
-use crate::gpt::{dropout, each_segment, linear, residual, DropoutRng, Kv, KvCache, Lin};
+use crate::gpt::{dropout, linear, residual, DropoutRng, Kv, KvCache, Lin};
 use crate::lora::LoraSpec;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -224,23 +224,14 @@ impl Attention {
         let q = heads(self.w_query.forward(x)?, nh, &self.q_norm)?; // (B, nh, T, hs)
         let k = heads(self.w_key.forward(x)?, nkv, &self.k_norm)?; // (B, nkv, T, hs)
         let v = self.w_value.forward(x)?; // (B, T, nkv*hs)
-        let y = match kv {
-            Kv::None => self.attend(q, k, v, None, pos.offset, train)?,
-            Kv::Cache(cache, layer) => {
-                self.attend(q, k, v, Some((cache, layer)), pos.offset, train)?
-            }
-            Kv::Segments(segs, layer) => each_segment(segs, |seg, at, t| {
-                let offset = seg.cache.len();
-                self.attend(
-                    q.narrow(2, at, t)?,
-                    k.narrow(2, at, t)?,
-                    v.narrow(1, at, t)?,
-                    Some((&mut *seg.cache, layer)),
-                    offset,
-                    None,
-                )
-            })?,
-        };
+                                          // Rows: q and k (B, n, T, hs) along dimension 2, v (B, T, nkv*hs) along 1.
+        let y = kv.attend(
+            [q, k, v],
+            [2, 2, 1],
+            pos.offset,
+            train,
+            |[q, k, v], c, o, tr| self.attend(q, k, v, c, o, tr),
+        )?;
         self.out_proj.forward(&y)
     }
 

@@ -194,6 +194,22 @@ pub fn generate(
     Ok(new)
 }
 
+/// Refuses a prompt the model cannot read: empty, or with an id outside its vocabulary.
+pub fn check_prompt(model: &Gpt, prompt: &[u32]) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(ModelError::Generation(
+            "the prompt is empty; give at least one token".into(),
+        ));
+    }
+    let vocab = model.config().vocab_size as u32;
+    if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
+        return Err(ModelError::Generation(format!(
+            "prompt token id {bad} is outside the model's vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
+}
+
 /// How one sequence picks its tokens: its options and its own generator, seeded from them (so a
 /// sequence samples the same tokens whatever else is computed beside it).
 #[derive(Clone, Debug)]
@@ -235,17 +251,7 @@ impl<'m> Generation<'m> {
     /// Checks the settings and the prompt; nothing is computed yet.
     pub fn new(model: &'m Gpt, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
         opts.validate()?;
-        if prompt.is_empty() {
-            return Err(ModelError::Generation(
-                "the prompt is empty; give at least one token".into(),
-            ));
-        }
-        let vocab = model.config().vocab_size as u32;
-        if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
-            return Err(ModelError::Generation(format!(
-                "prompt token id {bad} is outside the model's vocabulary of {vocab}"
-            )));
-        }
+        check_prompt(model, prompt)?;
         Ok(Generation {
             model,
             opts: opts.clone(),

@@ -248,22 +248,46 @@ impl<'b> Kv<'_, 'b> {
             Kv::Segments(s, _) => Kv::Segments(s, layer),
         }
     }
-}
 
-/// Runs `f(segment, first row, rows)` for each segment of ragged rows and joins the results
-/// (1, t, ..) along the rows.
-pub(crate) fn each_segment(
-    segs: &mut [Segment],
-    mut f: impl FnMut(&mut Segment, usize, usize) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let mut at = 0;
-    let mut ys = Vec::with_capacity(segs.len());
-    for seg in segs.iter_mut() {
-        let t = seg.ids.len();
-        ys.push(f(seg, at, t)?);
-        at += t;
+    /// `attend(q, k, v, cache, offset, train)` over the whole batch at `offset`, or, for ragged
+    /// rows, over each segment's rows (cut from q, k, v along their row dimensions `rows`) against
+    /// its own cache at its own positions, the results joined along the rows.
+    pub(crate) fn attend(
+        self,
+        [q, k, v]: [Tensor; 3],
+        rows: [usize; 3],
+        offset: usize,
+        train: Option<&DropoutRng>,
+        mut attend: impl FnMut(
+            [Tensor; 3],
+            Option<(&mut KvCache, usize)>,
+            usize,
+            Option<&DropoutRng>,
+        ) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let segs = match self {
+            Kv::None => return attend([q, k, v], None, offset, train),
+            Kv::Cache(cache, layer) => {
+                return attend([q, k, v], Some((cache, layer)), offset, train)
+            }
+            Kv::Segments(segs, layer) => (segs, layer),
+        };
+        let (segs, layer) = segs;
+        let mut at = 0;
+        let mut ys = Vec::with_capacity(segs.len());
+        for seg in segs.iter_mut() {
+            let t = seg.ids.len();
+            let part = [
+                q.narrow(rows[0], at, t)?,
+                k.narrow(rows[1], at, t)?,
+                v.narrow(rows[2], at, t)?,
+            ];
+            let offset = seg.cache.len();
+            ys.push(attend(part, Some((&mut *seg.cache, layer)), offset, None)?);
+            at += t;
+        }
+        Ok(Tensor::cat(&ys, 1)?)
     }
-    Ok(Tensor::cat(&ys, 1)?)
 }
 
 /// Causal multi-head self-attention (the book's `MultiHeadAttention`).
@@ -304,22 +328,13 @@ impl MultiHeadAttention {
             self.w_key.forward(x)?,
             self.w_value.forward(x)?,
         ); // (B, T, C)
-        let y = match kv {
-            Kv::None => self.attend(q, k, v, None, offset, train)?,
-            Kv::Cache(cache, layer) => self.attend(q, k, v, Some((cache, layer)), offset, train)?,
-            Kv::Segments(segs, layer) => each_segment(segs, |seg, at, t| {
-                let rows = |y: &Tensor| y.narrow(1, at, t);
-                let offset = seg.cache.len();
-                self.attend(
-                    rows(&q)?,
-                    rows(&k)?,
-                    rows(&v)?,
-                    Some((&mut *seg.cache, layer)),
-                    offset,
-                    None,
-                )
-            })?,
-        };
+        let y = kv.attend(
+            [q, k, v],
+            [1, 1, 1],
+            offset,
+            train,
+            |[q, k, v], c, o, tr| self.attend(q, k, v, c, o, tr),
+        )?;
         self.out_proj.forward(&y)
     }
 

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use scratchllm_model::classifier::{predict, ClassifierSpec, Prediction};
 pub use scratchllm_model::decode::Finish;
 use scratchllm_model::decode::{Piece, TextStream};
-use scratchllm_model::generate::Sampler;
+use scratchllm_model::generate::{check_prompt, Sampler};
 use scratchllm_model::kernels::MAX_ROWS;
 use scratchllm_model::{GenerateOptions, Gpt, GptConfig, KvCache, PromptStyle, Segment};
 use scratchllm_tokenizer::Tokenizer;
@@ -112,8 +112,7 @@ struct Sequence<'m> {
     sampler: Sampler,
     text: TextStream<'m>,
     produced: usize,
-    /// The ids that end a text, masked out until `min_tokens` are produced.
-    stop_ids: Vec<u32>,
+    /// The ids that end the text (its `stop_ids`) are masked out until this many are produced.
     min_tokens: usize,
     penalties: (f32, f32),
     /// How many times each token was generated (for the penalties).
@@ -148,7 +147,6 @@ impl<'m> Sequence<'m> {
                 sampler: f.sampler,
                 text: f.text,
                 produced: 0,
-                stop_ids: self.stop_ids.clone(),
                 min_tokens: self.min_tokens,
                 penalties: self.penalties,
                 counts: Default::default(),
@@ -171,7 +169,7 @@ impl<'m> Sequence<'m> {
     /// Takes the logits of the last position fed: picks a token, sends its text, and says whether
     /// the sequence goes on.
     fn accept(&mut self, model: &Gpt, metrics: &Metrics, logits: &[f32]) -> bool {
-        let early = self.produced < self.min_tokens && !self.stop_ids.is_empty();
+        let early = self.produced < self.min_tokens && !self.text.stop_ids().is_empty();
         let (presence, frequency) = self.penalties;
         let penalized = !self.counts.is_empty() && (presence != 0.0 || frequency != 0.0);
         let adjusted;
@@ -185,7 +183,7 @@ impl<'m> Sequence<'m> {
                 }
             }
             if early {
-                for &id in &self.stop_ids {
+                for &id in self.text.stop_ids() {
                     if let Some(x) = l.get_mut(id as usize) {
                         *x = f32::NEG_INFINITY;
                     }
@@ -340,9 +338,8 @@ impl<'m> Batcher<'m> {
             cache,
             bytes,
             sampler: Sampler::new(&opts),
-            text: TextStream::new(tok, stop_ids.clone(), stops),
+            text: TextStream::new(tok, stop_ids, stops),
             produced: 0,
-            stop_ids,
             min_tokens,
             penalties: (presence_penalty, frequency_penalty),
             counts: Default::default(),
@@ -356,20 +353,12 @@ impl<'m> Batcher<'m> {
     /// The checks of a generation's settings and prompt, before anything is computed.
     fn check(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<(), String> {
         opts.validate().map_err(|e| e.to_string())?;
-        let vocab = self.model.config().vocab_size as u32;
-        if prompt.is_empty() {
-            return Err("the prompt is empty; give at least one token".into());
-        }
+        check_prompt(self.model, prompt).map_err(|e| e.to_string())?;
         if prompt.len() >= context(self.model) {
             return Err(format!(
                 "the prompt has {} tokens; the context holds {}",
                 prompt.len(),
                 context(self.model)
-            ));
-        }
-        if let Some(&bad) = prompt.iter().find(|&&id| id >= vocab) {
-            return Err(format!(
-                "prompt token id {bad} is outside the model's vocabulary of {vocab}"
             ));
         }
         if opts.max_new_tokens == 0 {

@@ -58,3 +58,21 @@ pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
         })
         .collect()
 }
+
+/// A toy spam task (80 lines of `label<TAB>text`, half spam, half ham), separable in seconds by
+/// a tiny model.
+pub fn toy_spam_tsv() -> String {
+    let mut t = String::new();
+    for i in 0..40 {
+        t += &format!("spam\tWIN a FREE prize {i}! Call 0906{i:04} now to claim your cash\n");
+        t += &format!(
+            "ham\tare we still meeting at {} tonight? see you soon\n",
+            i % 12 + 1
+        );
+    }
+    t
+}
+
+/// A GPT-2 shape small enough to fine-tune a classifier on [`toy_spam_tsv`] in seconds.
+pub const TINY_CLASSIFIER_CONFIG: &str =
+    r#"{"vocab_size": 50257, "context_length": 24, "emb_dim": 32, "n_heads": 2, "n_layers": 2}"#;

@@ -3,6 +3,7 @@
 //! check scripts.
 #![allow(dead_code)] // each test file uses part of it
 use scratchllm_testutil::shared;
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,28 @@ impl Server {
         let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         s
+    }
+
+    /// Starts a greedy stream of `tokens` tokens and returns the connection once the first event is in.
+    pub fn open_stream(&self, tokens: usize) -> (TcpStream, Vec<u8>) {
+        let body =
+            json!({"prompt": "Once", "max_tokens": tokens, "temperature": 0, "stream": true})
+                .to_string();
+        let mut s = self.connect();
+        write!(
+            s,
+            "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("data: ") {
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the stream ended early");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        (s, seen)
     }
 
     pub fn log(&self) -> String {

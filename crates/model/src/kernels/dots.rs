@@ -55,17 +55,21 @@ pub(crate) fn dots<const R: usize>(w: WRow, xs: [&[f32]; R]) -> [f32; R] {
             let wt = tail_of(w, n / L * L);
             let mut out = [0.0; R];
             for (i, pair) in xs.chunks(2).enumerate() {
+                let out = &mut out[2 * i..2 * i + pair.len()];
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time); lengths checked.
-                let got = unsafe {
+                unsafe {
                     match (pair, w) {
-                        (&[a, b], WRow::F32(w)) => x86::dots256(w, [a, b], wt).to_vec(),
-                        (&[a, b], WRow::Bf16(w)) => x86::dots256(w, [a, b], wt).to_vec(),
-                        (&[a], WRow::F32(w)) => x86::dots256(w, [a], wt).to_vec(),
-                        (&[a], WRow::Bf16(w)) => x86::dots256(w, [a], wt).to_vec(),
+                        (&[a, b], WRow::F32(w)) => {
+                            out.copy_from_slice(&x86::dots256(w, [a, b], wt))
+                        }
+                        (&[a, b], WRow::Bf16(w)) => {
+                            out.copy_from_slice(&x86::dots256(w, [a, b], wt))
+                        }
+                        (&[a], WRow::F32(w)) => out.copy_from_slice(&x86::dots256(w, [a], wt)),
+                        (&[a], WRow::Bf16(w)) => out.copy_from_slice(&x86::dots256(w, [a], wt)),
                         _ => unreachable!("chunks of two"),
                     }
-                };
-                out[2 * i..2 * i + got.len()].copy_from_slice(&got);
+                }
             }
             return out;
         }
