@@ -55,8 +55,22 @@ chunks = client.completions.create(
 with_usage = [c for c in chunks if c.usage]
 assert len(with_usage) == 1 and 1 <= with_usage[0].usage.completion_tokens <= 3, with_usage
 
+# Log-probabilities parse into the client's types: chat's per-token entries with alternatives, and
+# completions' lists.
+scored = client.chat.completions.create(
+    model=name, messages=[{"role": "user", "content": "Say hi"}], max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+)
+content = scored.choices[0].logprobs.content
+assert len(content) == scored.usage.completion_tokens, content
+assert all(len(t.top_logprobs) == 2 and t.logprob <= t.top_logprobs[0].logprob for t in content), content
+assert "".join(t.token for t in content) == scored.choices[0].message.content, content
+scored = client.completions.create(model=name, prompt="Every effort moves you", max_tokens=3, temperature=0, logprobs=2)
+lp = scored.choices[0].logprobs
+assert lp.tokens[0] == "oca" and len(lp.token_logprobs) == 3 and len(lp.top_logprobs[0]) == 2, lp
+
 for bad, status in [
     (dict(model=name, messages=[{"role": "user", "content": "x"}], n=9), 400),
+    (dict(model=name, messages=[{"role": "user", "content": "x"}], logprobs=True, top_logprobs=21), 400),
     (dict(model="no-such-model", messages=[{"role": "user", "content": "x"}]), 404),
     (dict(model=name, messages=[{"role": "user", "content": "word " * 400}]), 400),
 ]:

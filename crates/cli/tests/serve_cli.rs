@@ -59,6 +59,179 @@ fn parse_response(raw: &[u8]) -> (u16, Vec<u8>) {
     (status, body)
 }
 
+/// The data chunks of a stream, parsed, without the final `[DONE]`.
+fn stream_chunks(server: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let (status, raw) = server.request("POST", path, body.to_string().as_bytes());
+    assert_eq!(status, 200);
+    let events = sse_data(&raw);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+#[test]
+fn log_probabilities_are_transformers_and_the_same_streamed() {
+    let (Some(model), Some(expected), Some(logits)) = (
+        fixture_model(),
+        scratchllm_testutil::shared_json("fixtures/gpt2-tiny/expected.json"),
+        scratchllm_testutil::shared("fixtures/gpt2-tiny/expected-logits.safetensors"),
+    ) else {
+        return;
+    };
+    let server = Server::start(&model, &[]);
+    let p = &expected["prompts"][0];
+    let prompt = scratchllm_testutil::json_ids(&p["input_ids"]);
+    // transformers' log-softmax at the prompt's last position.
+    let all = candle_core::safetensors::load(logits, &candle_core::Device::Cpu).unwrap();
+    let last: Vec<f32> = all["prompt0.logits"]
+        .get(prompt.len() - 1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let max = last.iter().copied().fold(f32::MIN, f32::max) as f64;
+    let lse = max
+        + last
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let mut want: Vec<(usize, f64)> = last
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i, x as f64 - lse))
+        .collect();
+    want.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let tok = scratchllm_tokenizer::gpt2().unwrap();
+    let text = |id: usize| tok.decode(&[id as u32]).unwrap();
+
+    // Completions: the first token's log-probability and its five alternatives are transformers'
+    // to 1e-4; text offsets count the characters before each token.
+    let (status, r) = server.json(
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 5}),
+    );
+    assert_eq!(status, 200, "{r}");
+    let lp = &r["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"][0], text(want[0].0));
+    assert!(
+        (lp["token_logprobs"][0].as_f64().unwrap() - want[0].1).abs() < 1e-4,
+        "{lp}"
+    );
+    let top = lp["top_logprobs"][0].as_object().unwrap();
+    assert_eq!(top.len(), 5, "{lp}");
+    for &(id, want) in &want[..5] {
+        let got = top[&text(id)].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "{}: {got} vs {want}", text(id));
+    }
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), r["choices"][0]["text"].as_str().unwrap());
+    let mut offset = 0;
+    for (t, o) in tokens.iter().zip(lp["text_offset"].as_array().unwrap()) {
+        assert_eq!(o.as_u64().unwrap() as usize, offset);
+        offset += t.chars().count();
+    }
+    // Streamed: the same tokens and log-probabilities, chunk by chunk.
+    let chunks = stream_chunks(
+        &server,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "logprobs": 5, "stream": true}),
+    );
+    let streamed: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| {
+            c["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(&streamed, lp["token_logprobs"].as_array().unwrap());
+
+    // Chat: logprobs with top_logprobs, whole and streamed alike, sampled with a seed.
+    let req = json!({"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 6,
+                     "temperature": 0.9, "seed": 3, "logprobs": true, "top_logprobs": 3});
+    let (status, r) = server.json("/v1/chat/completions", &req);
+    assert_eq!(status, 200, "{r}");
+    let content = r["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        content.len(),
+        r["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
+    for t in &content {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let lps: Vec<f64> = top.iter().map(|x| x["logprob"].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]), "{t}");
+        assert!(t["logprob"].as_f64().unwrap() <= lps[0]);
+        let bytes: Vec<u8> = t["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            t["token"].as_str().unwrap()
+        );
+    }
+    let mut streamed_req = req.clone();
+    streamed_req["stream"] = json!(true);
+    let streamed: Vec<Value> = stream_chunks(&server, "/v1/chat/completions", &streamed_req)
+        .iter()
+        .flat_map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(streamed, content);
+    // Not asked: null.
+    let (_, r) = server.json(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    assert!(r["choices"][0]["logprobs"].is_null(), "{r}");
+
+    // Counts above the limit, and alternatives without logprobs, are refused by name.
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "logprobs": 21}),
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2}),
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "logprobs": 3}),
+            "logprobs",
+        ),
+    ] {
+        let (status, r) = server.json(path, &body);
+        assert_eq!(status, 400, "{body}: {r}");
+        assert_eq!(r["error"]["param"], param, "{r}");
+    }
+}
+
 #[test]
 fn completions_chat_and_streams_are_openais_shapes() {
     let (Some(model), Some(expected)) = (

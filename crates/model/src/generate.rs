@@ -174,6 +174,44 @@ pub fn pick(
     Ok(order.last().copied().unwrap_or_default())
 }
 
+/// A chosen token's log-probability under the model, with the most likely tokens beside it (OpenAI's
+/// `logprobs`). The distribution is the model's own: the softmax of the raw logits, before
+/// temperature, penalties or masks change what is sampled (as vLLM's default, `raw_logprobs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens, most likely first (ties by id), with their log-probabilities.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-probability of `id` under `softmax(logits)` and the `top` most likely tokens; the
+/// normalizer is summed in f64. The logits must be finite where they are not -inf (see
+/// [`check_logits`]).
+pub fn token_logprob(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    let lp = |i: u32| (logits[i as usize] as f64 - lse) as f32;
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let top = top.min(order.len());
+    if top > 0 && top < order.len() {
+        order.select_nth_unstable_by(top - 1, by_logit);
+    }
+    order.truncate(top);
+    order.sort_unstable_by(by_logit);
+    TokenLogprob {
+        id,
+        logprob: lp(id),
+        top: order.into_iter().map(|i| (i, lp(i))).collect(),
+    }
+}
+
 /// Generates after `prompt`; calls `on_token` with each new id as it is chosen (return `false` to
 /// stop). Returns the new ids. A prompt longer than the context keeps its last tokens.
 pub fn generate(
@@ -316,4 +354,29 @@ fn last_logits(logits: &Tensor) -> Result<Vec<f32>> {
         .i((0, t - 1))?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_logprobs_are_the_log_softmax_with_the_top_tokens_in_order() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, f32::NEG_INFINITY];
+        // log(e^1 + e^3 + e^2 + e^3) = 3.0 + log(e^-2 + 1 + e^-1 + 1)
+        let lse = 3.0 + ((-2.0f64).exp() + 2.0 + (-1.0f64).exp()).ln();
+        let got = token_logprob(&logits, 2, 3);
+        assert_eq!(got.id, 2);
+        assert!((got.logprob as f64 - (2.0 - lse)).abs() < 1e-6);
+        let ids: Vec<u32> = got.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "ties by id, most likely first");
+        assert!((got.top[0].1 as f64 - (3.0 - lse)).abs() < 1e-6);
+        // A masked token has no probability; asking for more than the vocabulary gives it all.
+        let all = token_logprob(&logits, 4, 10);
+        assert_eq!(all.logprob, f32::NEG_INFINITY);
+        assert_eq!(all.top.len(), 5);
+        assert!(token_logprob(&logits, 1, 0).top.is_empty());
+        let total: f64 = all.top.iter().map(|t| (t.1 as f64).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
 }

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use scratchllm_model::classifier::{predict, ClassifierSpec, Prediction};
 pub use scratchllm_model::decode::Finish;
 use scratchllm_model::decode::{Piece, TextStream};
-use scratchllm_model::generate::{check_prompt, Sampler};
+use scratchllm_model::generate::{check_prompt, token_logprob, Sampler, TokenLogprob};
 use scratchllm_model::kernels::MAX_ROWS;
 use scratchllm_model::{GenerateOptions, Gpt, GptConfig, KvCache, PromptStyle, Segment};
 use scratchllm_tokenizer::Tokenizer;
@@ -36,13 +36,20 @@ pub enum Kind {
     Classifier(ClassifierSpec),
 }
 
-/// What a generation sends back, in order: text pieces, then one `Done` or `Error`.
+/// What a generation sends back, in order: text pieces, then one `Done` or `Error`. When log
+/// probabilities were asked for, each token's goes with the first piece that carries its text (a
+/// token whose text is held back, or never sent, such as the end-of-text, goes with a later one
+/// or with `Done`).
 #[derive(Debug)]
 pub enum Event {
-    Text(String),
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done {
         finish: Finish,
         completion_tokens: usize,
+        logprobs: Vec<TokenLogprob>,
     },
     Error(String),
 }
@@ -70,6 +77,8 @@ pub struct Request {
     /// appeared, `frequency` times the number of times it did, subtracted from its logit.
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Each token's log-probability, with this many alternatives (`None`: none asked).
+    pub logprobs: Option<usize>,
     pub events: mpsc::UnboundedSender<Event>,
     /// The events of more choices of the same prompt (OpenAI's `n` - 1): the prompt is read once,
     /// then each choice samples on from a copy of its cache with the request's seed plus its
@@ -117,6 +126,9 @@ struct Sequence<'m> {
     penalties: (f32, f32),
     /// How many times each token was generated (for the penalties).
     counts: std::collections::HashMap<u32, u32>,
+    /// Log-probabilities asked for (with this many alternatives), and those not yet sent.
+    logprobs: Option<usize>,
+    pending: Vec<TokenLogprob>,
     events: mpsc::UnboundedSender<Event>,
     /// When the request arrived, then when the last token was chosen.
     last: Instant,
@@ -150,6 +162,8 @@ impl<'m> Sequence<'m> {
                 min_tokens: self.min_tokens,
                 penalties: self.penalties,
                 counts: Default::default(),
+                logprobs: self.logprobs,
+                pending: Vec::new(),
                 events: f.events,
                 last: self.last,
                 forks: Vec::new(),
@@ -169,6 +183,7 @@ impl<'m> Sequence<'m> {
     /// Takes the logits of the last position fed: picks a token, sends its text, and says whether
     /// the sequence goes on.
     fn accept(&mut self, model: &Gpt, metrics: &Metrics, logits: &[f32]) -> bool {
+        let raw = logits;
         let early = self.produced < self.min_tokens && !self.text.stop_ids().is_empty();
         let (presence, frequency) = self.penalties;
         let penalized = !self.counts.is_empty() && (presence != 0.0 || frequency != 0.0);
@@ -204,6 +219,9 @@ impl<'m> Sequence<'m> {
                 return self.fail(e.to_string());
             }
         };
+        if let Some(top) = self.logprobs {
+            self.pending.push(token_logprob(raw, next, top));
+        }
         self.ids.push(next);
         self.produced += 1;
         *self.counts.entry(next).or_insert(0) += 1;
@@ -238,15 +256,17 @@ impl<'m> Sequence<'m> {
                 let _ = self.events.send(Event::Done {
                     finish,
                     completion_tokens: self.produced,
+                    logprobs: std::mem::take(&mut self.pending),
                 });
                 false
             }
         }
     }
 
-    fn send_text(&self, text: String) {
+    fn send_text(&mut self, text: String) {
         if !text.is_empty() {
-            let _ = self.events.send(Event::Text(text));
+            let logprobs = std::mem::take(&mut self.pending);
+            let _ = self.events.send(Event::Text { text, logprobs });
         }
     }
 
@@ -290,6 +310,7 @@ impl<'m> Batcher<'m> {
             min_tokens,
             presence_penalty,
             frequency_penalty,
+            logprobs,
             events,
             more,
             arrived,
@@ -343,6 +364,8 @@ impl<'m> Batcher<'m> {
             min_tokens,
             penalties: (presence_penalty, frequency_penalty),
             counts: Default::default(),
+            logprobs,
+            pending: Vec::new(),
             events,
             last: arrived,
             forks,

@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use engine::{Engine, Event, Finish, Job, Kind};
 use scratchllm_model::classifier::ClassifierSpec;
+use scratchllm_model::generate::TokenLogprob;
 use scratchllm_model::{modeldir, GenerateOptions, Gpt, PromptStyle};
 use scratchllm_tokenizer::SpecialMode;
 use serde_json::{json, Value};
@@ -432,6 +433,10 @@ fn check_common(f: &Fields, e: &Engine) -> Result<(), ApiError> {
 /// The most choices (`n`) a request may ask for: they share the prompt's pass.
 pub const MAX_CHOICES: usize = 8;
 
+/// The most alternatives a request may ask for with each token's log-probability (chat's
+/// `top_logprobs`, completions' `logprobs`): OpenAI's limit for chat, vLLM's default for both.
+pub const MAX_LOGPROBS: usize = 20;
+
 /// A generation request, checked.
 struct GenRequest {
     prompt: Vec<u32>,
@@ -444,6 +449,8 @@ struct GenRequest {
     frequency_penalty: f32,
     /// Choices (`n`).
     n: usize,
+    /// Log-probabilities with this many alternatives per token.
+    logprobs: Option<usize>,
 }
 
 fn gen_request(
@@ -492,7 +499,76 @@ fn gen_request(
         n: f.integer("n", 1, MAX_CHOICES as u64)?.unwrap_or(1) as usize,
         presence_penalty: f.number("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
         frequency_penalty: f.number("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+        logprobs: None,
     })
+}
+
+/// Chat's `logprobs` (true or false) and `top_logprobs` (alternatives, which need `logprobs`).
+fn chat_logprobs_asked(f: &Fields) -> Result<Option<usize>, ApiError> {
+    let top = f.integer("top_logprobs", 0, MAX_LOGPROBS as u64)?;
+    match (f.bool("logprobs")?, top) {
+        (true, top) => Ok(Some(top.unwrap_or(0) as usize)),
+        (false, Some(_)) => Err(ApiError::bad(
+            "top_logprobs",
+            "top_logprobs needs logprobs: true",
+        )),
+        (false, None) => Ok(None),
+    }
+}
+
+/// A token as OpenAI shows it: its text (bytes that are not UTF-8 on their own as U+FFFD) and its
+/// bytes.
+fn token_text(e: &Engine, id: u32) -> (String, Vec<u8>) {
+    let bytes = e.tokenizer.token_bytes(id).unwrap_or_default().to_vec();
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+/// A log-probability for JSON: OpenAI writes -9999.0 for a token with none.
+fn logprob_value(lp: f32) -> f64 {
+    if lp.is_finite() {
+        lp as f64
+    } else {
+        -9999.0
+    }
+}
+
+/// Chat's `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(e: &Engine, lps: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let (token, bytes) = token_text(e, id);
+        json!({"token": token, "logprob": logprob_value(lp), "bytes": bytes})
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|t| {
+            let mut v = entry(t.id, t.logprob);
+            v["top_logprobs"] = t.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+            v
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions' `logprobs`: tokens, their log-probabilities, a map of the alternatives (with the
+/// chosen token, as OpenAI includes it) and each token's character offset in the text, counted
+/// from `offset`, which is moved past them.
+fn completion_logprobs(e: &Engine, lps: &[TokenLogprob], offset: &mut usize) -> Value {
+    let mut tokens = Vec::new();
+    let mut offsets = Vec::new();
+    let mut top = Vec::new();
+    for t in lps {
+        let token = token_text(e, t.id).0;
+        offsets.push(*offset);
+        *offset += token.chars().count();
+        let mut alternatives = serde_json::Map::new();
+        for &(id, lp) in t.top.iter().chain([(t.id, t.logprob)].iter()) {
+            alternatives.insert(token_text(e, id).0, json!(logprob_value(lp)));
+        }
+        top.push(Value::Object(alternatives));
+        tokens.push(token);
+    }
+    json!({"tokens": tokens, "token_logprobs": lps.iter().map(|t| logprob_value(t.logprob)).collect::<Vec<_>>(),
+           "top_logprobs": top, "text_offset": offsets})
 }
 
 /// A request's sampling settings (`temperature`, `top_p`, `top_k`, `seed`) as the engine's
@@ -559,6 +635,7 @@ fn submit(e: &Engine, r: &GenRequest) -> Result<Vec<mpsc::UnboundedReceiver<Even
             min_tokens: r.min_tokens,
             presence_penalty: r.presence_penalty,
             frequency_penalty: r.frequency_penalty,
+            logprobs: r.logprobs,
             events: tx,
             more: txs,
             arrived: Instant::now(),
@@ -567,11 +644,19 @@ fn submit(e: &Engine, r: &GenRequest) -> Result<Vec<mpsc::UnboundedReceiver<Even
     Ok(rxs)
 }
 
-/// Waits for every choice: (text, finish, completion tokens) of each.
+/// A whole choice: its text, why it ended, its tokens and their log-probabilities (if asked).
+struct Choice {
+    text: String,
+    finish: Finish,
+    tokens: usize,
+    logprobs: Vec<TokenLogprob>,
+}
+
+/// Waits for every choice.
 async fn collect_all(
     rxs: Vec<mpsc::UnboundedReceiver<Event>>,
     cut: watch::Receiver<bool>,
-) -> Result<Vec<(String, Finish, usize)>, ApiError> {
+) -> Result<Vec<Choice>, ApiError> {
     let mut all = Vec::with_capacity(rxs.len());
     for rx in rxs {
         all.push(collect(rx, cut.clone()).await?);
@@ -597,21 +682,33 @@ fn merged(rxs: Vec<mpsc::UnboundedReceiver<Event>>) -> mpsc::UnboundedReceiver<(
     out
 }
 
-/// Waits for a whole generation: (text, finish, completion tokens); a shutdown past its grace
-/// period ends the wait with 503.
+/// Waits for a whole generation; a shutdown past its grace period ends the wait with 503.
 async fn collect(
     mut rx: mpsc::UnboundedReceiver<Event>,
     cut: watch::Receiver<bool>,
-) -> Result<(String, Finish, usize), ApiError> {
+) -> Result<Choice, ApiError> {
     let whole = async {
         let mut text = String::new();
+        let mut all = Vec::new();
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Text(t) => text += &t,
+                Event::Text { text: t, logprobs } => {
+                    text += &t;
+                    all.extend(logprobs);
+                }
                 Event::Done {
                     finish,
                     completion_tokens,
-                } => return Ok((text, finish, completion_tokens)),
+                    logprobs,
+                } => {
+                    all.extend(logprobs);
+                    return Ok(Choice {
+                        text,
+                        finish,
+                        tokens: completion_tokens,
+                        logprobs: all,
+                    });
+                }
                 Event::Error(m) => return Err(server_error(m)),
             }
         }
@@ -664,7 +761,8 @@ fn include_usage(body: &serde_json::Map<String, Value>) -> Result<bool, ApiError
     }
 }
 
-/// Server-sent events from a generation: `chunk(text, finish)` makes each JSON chunk; the stream
+/// Server-sent events from a generation: `chunk(choice, text, finish, logprobs)` makes each JSON
+/// chunk; the stream
 /// ends with `data: [DONE]`, also when a shutdown past its grace period cuts it short. When the
 /// client goes away, or the stream is cut, the relay ends and the model thread drops the
 /// generation at its next turn.
@@ -672,7 +770,7 @@ fn sse(
     rxs: Vec<mpsc::UnboundedReceiver<Event>>,
     cut: watch::Receiver<bool>,
     first: Option<Value>,
-    chunk: impl Fn(usize, &str, Option<Finish>) -> Value + Send + 'static,
+    mut chunk: impl FnMut(usize, &str, Option<Finish>, &[TokenLogprob]) -> Value + Send + 'static,
     usage: Option<UsageChunk>,
 ) -> Response {
     let mut open = rxs.len();
@@ -697,17 +795,20 @@ fn sse(
             };
             let Some(ev) = ev else { break };
             let (data, last) = match ev {
-                (i, Event::Text(t)) => (chunk(i, &t, None).to_string(), false),
+                (i, Event::Text { text, logprobs }) => {
+                    (chunk(i, &text, None, &logprobs).to_string(), false)
+                }
                 (
                     i,
                     Event::Done {
                         finish,
                         completion_tokens: n,
+                        logprobs,
                     },
                 ) => {
                     completion_tokens += n;
                     open -= 1;
-                    let end = chunk(i, "", Some(finish)).to_string();
+                    let end = chunk(i, "", Some(finish), &logprobs).to_string();
                     if open > 0 {
                         (end, false)
                     } else {
@@ -784,7 +885,10 @@ async fn completions(
             ))
         }
     };
-    let r = gen_request(&f, e, &s.opts, ("prompt", prompt), &[])?;
+    let mut r = gen_request(&f, e, &s.opts, ("prompt", prompt), &[])?;
+    r.logprobs = f
+        .integer("logprobs", 0, MAX_LOGPROBS as u64)?
+        .map(|k| k as usize);
     let with_usage = include_usage(&body)?;
     let rxs = submit(e, &r)?;
     let (id, created, model) = (s.id("cmpl"), now(), e.name.clone());
@@ -796,13 +900,19 @@ async fn completions(
                        "choices": [], "usage": usage(prompt, n)})
             }) as UsageChunk
         });
+        let (asked, state) = (r.logprobs.is_some(), Arc::clone(&s));
+        let mut offsets = vec![0; r.n];
         return Ok(sse(
             rxs,
             s.cut.clone(),
             None,
-            move |i, text, finish| {
+            move |i, text, finish, lps| {
+                let logprobs = match state.engine.get() {
+                    Some(e) if asked && !lps.is_empty() => completion_logprobs(e, lps, &mut offsets[i]),
+                    _ => Value::Null,
+                };
                 json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"text": text, "index": i, "logprobs": null, "finish_reason": finish.map(Finish::as_str)}]})
+                   "choices": [{"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish.map(Finish::as_str)}]})
             },
             usage_chunk,
         ));
@@ -811,11 +921,15 @@ async fn completions(
     let choices: Vec<Value> = all
         .iter()
         .enumerate()
-        .map(|(i, (text, finish, _))| {
-            json!({"text": text, "index": i, "logprobs": null, "finish_reason": finish.as_str()})
+        .map(|(i, c)| {
+            let logprobs = match r.logprobs {
+                Some(_) => completion_logprobs(e, &c.logprobs, &mut 0),
+                None => Value::Null,
+            };
+            json!({"text": c.text, "index": i, "logprobs": logprobs, "finish_reason": c.finish.as_str()})
         })
         .collect();
-    let n = all.iter().map(|c| c.2).sum();
+    let n = all.iter().map(|c| c.tokens).sum();
     Ok(Json(
         json!({"id": id, "object": "text_completion", "created": created, "model": model,
         "choices": choices, "usage": usage(r.prompt.len(), n)}),
@@ -840,7 +954,8 @@ async fn chat(
     let prompt = style
         .encode_chat(&e.tokenizer, &messages)
         .map_err(|err| ApiError::bad("messages", err.to_string()))?;
-    let r = gen_request(&f, e, &s.opts, ("messages", prompt), style.turn_markers())?;
+    let mut r = gen_request(&f, e, &s.opts, ("messages", prompt), style.turn_markers())?;
+    r.logprobs = chat_logprobs_asked(&f)?;
     let with_usage = include_usage(&body)?;
     let rxs = submit(e, &r)?;
     let (id, created, model) = (s.id("chatcmpl"), now(), e.name.clone());
@@ -857,18 +972,23 @@ async fn chat(
             .collect();
         let first = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": roles});
+        let (asked, state) = (r.logprobs.is_some(), Arc::clone(&s));
         return Ok(sse(
             rxs,
             s.cut.clone(),
             Some(first),
-            move |i, text, finish| {
+            move |i, text, finish, lps| {
                 let delta = if finish.is_some() {
                     json!({})
                 } else {
                     json!({"content": text})
                 };
+                let logprobs = match state.engine.get() {
+                    Some(e) if asked && !lps.is_empty() => chat_logprobs(e, lps),
+                    _ => Value::Null,
+                };
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": i, "delta": delta, "finish_reason": finish.map(Finish::as_str)}]})
+                   "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish.map(Finish::as_str)}]})
             },
             usage_chunk,
         ));
@@ -877,11 +997,15 @@ async fn chat(
     let choices: Vec<Value> = all
         .iter()
         .enumerate()
-        .map(|(i, (text, finish, _))| {
-            json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str()})
+        .map(|(i, c)| {
+            let logprobs = match r.logprobs {
+                Some(_) => chat_logprobs(e, &c.logprobs),
+                None => Value::Null,
+            };
+            json!({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": logprobs, "finish_reason": c.finish.as_str()})
         })
         .collect();
-    let n = all.iter().map(|c| c.2).sum();
+    let n = all.iter().map(|c| c.tokens).sum();
     Ok(Json(
         json!({"id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": choices, "usage": usage(r.prompt.len(), n)}),

@@ -55,17 +55,18 @@ fn model_with_logits(logits: &[f32]) -> Gpt {
 
 /// The engine's events for one generation after prompt [0].
 fn run_engine(model: Gpt, opts: scratchllm_model::GenerateOptions) -> Vec<Event> {
-    run(model, opts, false, 0, 0.0)
+    run(model, opts, false, 0, 0.0, None)
 }
 
 /// The engine's events for one request after prompt [0], with vLLM's `ignore_eos` and
-/// `min_tokens` and OpenAI's presence penalty.
+/// `min_tokens`, OpenAI's presence penalty and log-probabilities.
 fn run(
     model: Gpt,
     opts: scratchllm_model::GenerateOptions,
     ignore_eos: bool,
     min_tokens: usize,
     presence_penalty: f32,
+    logprobs: Option<usize>,
 ) -> Vec<Event> {
     let tok = Arc::new(scratchllm_tokenizer::gpt2().unwrap());
     let (jobs, rx) = mpsc::channel(1);
@@ -78,6 +79,7 @@ fn run(
         min_tokens,
         presence_penalty,
         frequency_penalty: 0.0,
+        logprobs,
         events,
         more: Vec::new(),
         arrived: std::time::Instant::now(),
@@ -222,7 +224,7 @@ fn run_with(
         stop_id: Some(50256),
         ..Default::default()
     };
-    run(model, opts, ignore_eos, min_tokens, presence)
+    run(model, opts, ignore_eos, min_tokens, presence, None)
 }
 
 /// The text and the end of a generation's events.
@@ -231,10 +233,11 @@ fn text_and_end(events: &[Event]) -> (String, Option<(Finish, usize)>) {
     let mut end = None;
     for ev in events {
         match ev {
-            Event::Text(t) => text += t,
+            Event::Text { text: t, .. } => text += t,
             Event::Done {
                 finish,
                 completion_tokens,
+                ..
             } => end = Some((*finish, *completion_tokens)),
             Event::Error(m) => panic!("{m}"),
         }
@@ -269,4 +272,53 @@ fn end_of_text_min_tokens_ignore_eos_and_presence_penalty() {
     let (text, end) = text_and_end(&run_with(m(), 4, true, 0, 1.5));
     assert_eq!(end, Some((Finish::Length, 4)));
     assert_eq!(text, "<|endoftext|>!<|endoftext|><|endoftext|>");
+}
+
+#[test]
+fn log_probabilities_are_the_models_whatever_changes_the_sampling() {
+    // End-of-text (50256) best, then "!" (0), then '"' (1); min_tokens 3 masks end-of-text and a
+    // presence penalty lowers "!" once it is out, but the log-probabilities are the model's.
+    let mut logits = vec![-10.0f32; 50257];
+    logits[50256] = 3.0;
+    logits[0] = 2.0;
+    logits[1] = 1.0;
+    let opts = scratchllm_model::GenerateOptions {
+        max_new_tokens: 8,
+        stop_id: Some(50256),
+        ..Default::default()
+    };
+    let events = run(model_with_logits(&logits), opts, false, 3, 0.5, Some(2));
+    let lse = (logits.iter().map(|&x| (x as f64).exp()).sum::<f64>()).ln();
+    let lp = |id: usize| (logits[id] as f64 - lse) as f32;
+    let mut tokens = Vec::new();
+    for ev in &events {
+        match ev {
+            Event::Text { text, logprobs } => {
+                // Each piece carries the tokens whose text it is.
+                let ids: Vec<u32> = logprobs.iter().map(|t| t.id).collect();
+                assert_eq!(
+                    scratchllm_tokenizer::gpt2().unwrap().decode(&ids).unwrap(),
+                    *text
+                );
+                tokens.extend(logprobs.iter().cloned());
+            }
+            Event::Done {
+                logprobs,
+                finish,
+                completion_tokens,
+            } => {
+                assert_eq!((*finish, *completion_tokens), (Finish::Stop, 4));
+                tokens.extend(logprobs.iter().cloned());
+            }
+            Event::Error(m) => panic!("{m}"),
+        }
+    }
+    // "!" with the penalty ("!" 1.5 beats '"' 1.0), three times; then end-of-text, not sent as
+    // text but with its log-probability at the end.
+    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+    assert_eq!(ids, [0, 0, 0, 50256]);
+    for t in &tokens {
+        assert_eq!(t.logprob, lp(t.id as usize));
+        assert_eq!(t.top, [(50256, lp(50256)), (0, lp(0))]);
+    }
 }
