@@ -45,6 +45,10 @@ pub struct GenerateBench {
     repeat: usize,
     #[arg(long, value_enum, help = crate::model::DTYPE_HELP)]
     dtype: Option<crate::model::InferDtype>,
+    /// Sequences decoded together, one batched pass per step as the server's engine does (their
+    /// rows go through each linear layer together); the rate is all their tokens.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch: u64,
 }
 
 #[derive(Args)]
@@ -127,6 +131,9 @@ fn generate(b: GenerateBench) -> Result<()> {
         max_new_tokens: b.new_tokens,
         ..Default::default()
     };
+    if b.batch > 1 {
+        return generate_batched(&model, &prompt, &b);
+    }
     let warm = GenerateOptions {
         max_new_tokens: 4,
         ..opts.clone()
@@ -187,6 +194,75 @@ fn generate(b: GenerateBench) -> Result<()> {
     )?;
     outln!("RESULT tokens_per_s {rate:.1}")?;
     outln!("RESULT decode_tokens_per_s {decode_rate:.1}")?;
+    Ok(())
+}
+
+/// `bench generate --batch N`: N greedy sequences after the same prompt, each with its own cache,
+/// their prompts read one by one, then one batched pass per step for all of them (the server's
+/// decode step); the decode rate counts every sequence's tokens.
+fn generate_batched(
+    model: &scratchllm_model::Gpt,
+    prompt: &[u32],
+    b: &GenerateBench,
+) -> Result<()> {
+    use scratchllm_model::generate::argmax;
+    use scratchllm_model::Segment;
+    let n = b.batch as usize;
+    let positions = prompt.len() + b.new_tokens;
+    let ctx = model.config().context_length;
+    if positions > ctx {
+        bail!(
+            "--prompt-tokens {} + --new-tokens {} is past the model's context of {ctx}",
+            prompt.len(),
+            b.new_tokens
+        );
+    }
+    let run = |steps: usize| -> Result<(f64, f64)> {
+        let mut caches = (0..n)
+            .map(|_| model.preallocated_cache(positions))
+            .collect::<Result<Vec<_>, _>>()?;
+        let t = Instant::now();
+        let mut last = Vec::with_capacity(n);
+        for cache in &mut caches {
+            let mut seg = [Segment { ids: prompt, cache }];
+            let logits: Vec<Vec<f32>> = model.forward_segments(&mut seg)?.to_vec2()?;
+            last.push(argmax(&logits[0]));
+        }
+        let prefill = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for _ in 1..steps {
+            let ids = last.clone();
+            let mut segs: Vec<Segment> = caches
+                .iter_mut()
+                .zip(&ids)
+                .map(|(cache, id)| Segment {
+                    ids: std::slice::from_ref(id),
+                    cache,
+                })
+                .collect();
+            let logits: Vec<Vec<f32>> = model.forward_segments(&mut segs)?.to_vec2()?;
+            last = logits.iter().map(|l| argmax(l)).collect();
+        }
+        Ok((prefill, t.elapsed().as_secs_f64()))
+    };
+    if b.new_tokens < 2 {
+        bail!("--new-tokens must be at least 2 to time decoding");
+    }
+    run(4)?;
+    let (mut prefill, mut decode) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..b.repeat.max(1) {
+        let (p, d) = run(b.new_tokens)?;
+        prefill = prefill.min(p);
+        decode = decode.min(d);
+    }
+    let tokens = n * (b.new_tokens - 1);
+    outln!(
+        "{n} prompts of {} tokens in {prefill:.3}s; {n} x {} more tokens in {decode:.3}s ({:.1} ms per step)",
+        prompt.len(),
+        b.new_tokens - 1,
+        decode * 1e3 / (b.new_tokens - 1) as f64
+    )?;
+    outln!("RESULT decode_tokens_per_s {:.1}", tokens as f64 / decode)?;
     Ok(())
 }
 

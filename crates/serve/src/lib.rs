@@ -908,7 +908,9 @@ async fn completions(
             None,
             move |i, text, finish, lps| {
                 let logprobs = match state.engine.get() {
-                    Some(e) if asked && !lps.is_empty() => completion_logprobs(e, lps, &mut offsets[i]),
+                    Some(e) if asked && !lps.is_empty() => {
+                        completion_logprobs(e, lps, &mut offsets[i])
+                    }
                     _ => Value::Null,
                 };
                 json!({"id": id, "object": "text_completion", "created": created, "model": model,

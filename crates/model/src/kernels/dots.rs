@@ -11,6 +11,7 @@
 //! pass over W (W's chunk loaded once for all); the AVX2 kernel holds them in four and does two.
 use super::simd_level;
 use half::bf16;
+use std::ops::Range;
 
 /// Lanes per dot product.
 const L: usize = 32;
@@ -39,8 +40,13 @@ impl WRow<'_> {
     }
 }
 
+/// Addresses (in bytes) of memory the caller will read next: the vector kernels ask for their cache
+/// lines to be fetched into L2, spread over their loop, so that the next rows of W arrive while
+/// these are computed. A hint only: it changes no value. `0..0` for none.
+pub(crate) type Prefetch = Range<usize>;
+
 /// `[w . x for x in xs]` (every row of x as long as w).
-pub(crate) fn dots<const R: usize>(w: WRow, xs: [&[f32]; R]) -> [f32; R] {
+pub(crate) fn dots<const R: usize>(w: WRow, xs: [&[f32]; R], pf: Prefetch) -> [f32; R] {
     let n = w.len();
     assert!(
         xs.iter().all(|x| x.len() == n),
@@ -49,24 +55,27 @@ pub(crate) fn dots<const R: usize>(w: WRow, xs: [&[f32]; R]) -> [f32; R] {
     #[cfg(target_arch = "x86_64")]
     {
         if simd_level() >= 4 {
-            return dots2_512([w], xs)[0];
+            return dots2_512([w], xs, pf)[0];
         }
         if simd_level() >= 3 {
             let wt = tail_of(w, n / L * L);
             let mut out = [0.0; R];
+            let chunks = R.div_ceil(2).max(1);
             for (i, pair) in xs.chunks(2).enumerate() {
                 let out = &mut out[2 * i..2 * i + pair.len()];
+                let part = pf.len() / chunks;
+                let pf = pf.start + i * part..pf.start + (i + 1) * part;
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time); lengths checked.
                 unsafe {
                     match (pair, w) {
                         (&[a, b], WRow::F32(w)) => {
-                            out.copy_from_slice(&x86::dots256(w, [a, b], wt))
+                            out.copy_from_slice(&x86::dots256(w, [a, b], wt, pf))
                         }
                         (&[a, b], WRow::Bf16(w)) => {
-                            out.copy_from_slice(&x86::dots256(w, [a, b], wt))
+                            out.copy_from_slice(&x86::dots256(w, [a, b], wt, pf))
                         }
-                        (&[a], WRow::F32(w)) => out.copy_from_slice(&x86::dots256(w, [a], wt)),
-                        (&[a], WRow::Bf16(w)) => out.copy_from_slice(&x86::dots256(w, [a], wt)),
+                        (&[a], WRow::F32(w)) => out.copy_from_slice(&x86::dots256(w, [a], wt, pf)),
+                        (&[a], WRow::Bf16(w)) => out.copy_from_slice(&x86::dots256(w, [a], wt, pf)),
                         _ => unreachable!("chunks of two"),
                     }
                 }
@@ -74,26 +83,32 @@ pub(crate) fn dots<const R: usize>(w: WRow, xs: [&[f32]; R]) -> [f32; R] {
             return out;
         }
     }
+    let _ = pf;
     portable(w, xs)
 }
 
 /// [`dots`] for two rows of W at once (each x chunk loaded once for both), where the CPU has
 /// AVX-512; the same values as two calls of [`dots`].
-pub(crate) fn dots2<const R: usize>(w: [WRow; 2], xs: [&[f32]; R]) -> [[f32; R]; 2] {
+pub(crate) fn dots2<const R: usize>(w: [WRow; 2], xs: [&[f32]; R], pf: Prefetch) -> [[f32; R]; 2] {
     assert!(
         w[0].len() == w[1].len() && xs.iter().all(|x| x.len() == w[0].len()),
         "dots2: rows of unequal length"
     );
     #[cfg(target_arch = "x86_64")]
     if simd_level() >= 4 {
-        return dots2_512(w, xs);
+        return dots2_512(w, xs, pf);
     }
-    [dots(w[0], xs), dots(w[1], xs)]
+    let half = pf.start + pf.len() / 2;
+    [dots(w[0], xs, pf.start..half), dots(w[1], xs, half..pf.end)]
 }
 
 /// The AVX-512 kernel for `O` rows of W of one type (f32, or bf16 for both).
 #[cfg(target_arch = "x86_64")]
-fn dots2_512<const O: usize, const R: usize>(w: [WRow; O], xs: [&[f32]; R]) -> [[f32; R]; O] {
+fn dots2_512<const O: usize, const R: usize>(
+    w: [WRow; O],
+    xs: [&[f32]; R],
+    pf: Prefetch,
+) -> [[f32; R]; O] {
     let full = w[0].len() / L * L;
     let tail = |o: usize| tail_of(w[o], full);
     // SAFETY (both): the CPU has AVX-512 (the caller checked); the lengths are checked.
@@ -102,14 +117,14 @@ fn dots2_512<const O: usize, const R: usize>(w: [WRow; O], xs: [&[f32]; R]) -> [
             WRow::F32(v) => v,
             WRow::Bf16(_) => unreachable!("checked: every row is f32"),
         });
-        return unsafe { x86::dots512(ws, xs, tail) };
+        return unsafe { x86::dots512(ws, xs, tail, pf) };
     }
     if w.iter().all(|r| matches!(r, WRow::Bf16(_))) {
         let ws = std::array::from_fn(|o| match w[o] {
             WRow::Bf16(v) => v,
             WRow::F32(_) => unreachable!("checked: every row is bf16"),
         });
-        return unsafe { x86::dots512(ws, xs, tail) };
+        return unsafe { x86::dots512(ws, xs, tail, pf) };
     }
     std::array::from_fn(|o| portable(w[o], xs))
 }
@@ -157,8 +172,39 @@ fn tail_x(x: &[f32], full: usize) -> [f32; L] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{tail_x, L};
+    use super::{tail_x, Prefetch, L};
     use std::arch::x86_64::*;
+
+    /// Spreads the prefetches of `pf` over `steps` steps: step `i` calls [`Spread::at`].
+    pub(super) struct Spread {
+        next: usize,
+        end: usize,
+        per: usize,
+    }
+
+    impl Spread {
+        pub(super) fn new(pf: Prefetch, steps: usize) -> Self {
+            let lines = pf.len().div_ceil(64);
+            Spread {
+                next: pf.start & !63,
+                end: pf.end,
+                per: lines.div_ceil(steps.max(1)),
+            }
+        }
+
+        /// This step's share of the lines.
+        #[inline(always)]
+        pub(super) fn step(&mut self) {
+            for _ in 0..self.per {
+                if self.next >= self.end {
+                    return;
+                }
+                // SAFETY: a prefetch never faults, whatever the address.
+                unsafe { _mm_prefetch(self.next as *const i8, _MM_HINT_T1) };
+                self.next += 64;
+            }
+        }
+    }
 
     /// A type W is stored in, widened to f32 by the vector kernels.
     pub(super) trait Elem: Copy {
@@ -200,15 +246,18 @@ mod x86 {
         ws: [&[T]; O],
         xs: [&[f32]; R],
         tail: impl Fn(usize) -> [f32; L],
+        pf: Prefetch,
     ) -> [[f32; R]; O] {
         let n = ws[0].len();
         let full = n / L * L;
+        let mut spread = Spread::new(pf, full / L);
         let mut a0 = [[_mm512_setzero_ps(); R]; O];
         let mut a1 = [[_mm512_setzero_ps(); R]; O];
         let mut k = 0;
         while k < full {
             let w0: [__m512; O] = std::array::from_fn(|o| T::w16(ws[o].as_ptr().add(k)));
             let w1: [__m512; O] = std::array::from_fn(|o| T::w16(ws[o].as_ptr().add(k + 16)));
+            spread.step();
             for r in 0..R {
                 let x = xs[r].as_ptr().add(k);
                 let (x0, x1) = (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)));
@@ -255,9 +304,11 @@ mod x86 {
         w: &[T],
         xs: [&[f32]; R],
         wt: [f32; L],
+        pf: Prefetch,
     ) -> [f32; R] {
         let n = w.len();
         let full = n / L * L;
+        let mut spread = Spread::new(pf, full / L);
         let mut a = [[_mm256_setzero_ps(); 4]; R];
         let mut k = 0;
         while k < full {
@@ -268,6 +319,7 @@ mod x86 {
                 T::w8(p.add(16)),
                 T::w8(p.add(24)),
             ];
+            spread.step();
             step256(&mut a, ws, std::array::from_fn(|r| xs[r].as_ptr().add(k)));
             k += L;
         }
@@ -336,10 +388,10 @@ mod tests {
                 (WRow::F32(&w), WRow::F32(&v)),
                 (WRow::Bf16(&wb), WRow::Bf16(&vb)),
             ] {
-                let four = dots(wr, [&xs[0], &xs[1], &xs[2], &xs[3]]);
-                let two = dots(wr, [&xs[2], &xs[3]]);
+                let four = dots(wr, [&xs[0], &xs[1], &xs[2], &xs[3]], 0..0);
+                let two = dots(wr, [&xs[2], &xs[3]], 0..0);
                 for (r, x) in xs.iter().enumerate() {
-                    let one = dots(wr, [x])[0];
+                    let one = dots(wr, [x], 0..0)[0];
                     assert_eq!(one.to_bits(), four[r].to_bits(), "n {n} row {r} of four");
                     let exact: f64 = (0..n).map(|k| wr.get(k) as f64 * x[k] as f64).sum();
                     assert!(
@@ -352,14 +404,23 @@ mod tests {
                         "n {n}: {plain} vs {one}"
                     );
                 }
+                // Prefetching (here the other row of W) changes nothing.
+                let addr = |r: WRow| match r {
+                    WRow::F32(v) => v.as_ptr_range().start as usize..v.as_ptr_range().end as usize,
+                    WRow::Bf16(v) => v.as_ptr_range().start as usize..v.as_ptr_range().end as usize,
+                };
+                let fetched = dots(wr, [&xs[0], &xs[1], &xs[2], &xs[3]], addr(vr));
+                assert_eq!(fetched.map(f32::to_bits), four.map(f32::to_bits));
+                let fetched = dots2([wr, vr], [&xs[0], &xs[1], &xs[2], &xs[3]], addr(vr));
+                assert_eq!(fetched[0].map(f32::to_bits), four.map(f32::to_bits));
                 assert_eq!(two[0].to_bits(), four[2].to_bits());
                 assert_eq!(two[1].to_bits(), four[3].to_bits());
                 // Two rows of W at once: each as alone.
-                let pair = dots2([wr, vr], [&xs[1], &xs[2], &xs[3], &xs[0]]);
+                let pair = dots2([wr, vr], [&xs[1], &xs[2], &xs[3], &xs[0]], 0..0);
                 assert_eq!(pair[0][3].to_bits(), four[0].to_bits());
-                let other = dots(vr, [&xs[1]])[0];
+                let other = dots(vr, [&xs[1]], 0..0)[0];
                 assert_eq!(pair[1][0].to_bits(), other.to_bits());
-                let single = dots2([wr, vr], [&xs[2]]);
+                let single = dots2([wr, vr], [&xs[2]], 0..0);
                 assert_eq!(single[0][0].to_bits(), four[2].to_bits());
             }
         }

@@ -75,32 +75,49 @@ impl RowsLinear {
         let put = |r: usize, o: usize, v: f32| unsafe {
             ys.range(r * out + o..r * out + o + 1)[0] = v + b.map_or(0.0, |b| b[o])
         };
+        let (base, row_bytes) = match weights {
+            Matrix::F32(w) => (w.as_ptr() as usize, inp * 4),
+            Matrix::Bf16(w) => (w.as_ptr() as usize, inp * 2),
+        };
+        // Several rows of x make the kernel compute-bound where one row is bound by reading W: the
+        // rows of W two pairs on are fetched into L2 while these are computed, a part in each pass
+        // over them (one pair on left too little time at 8 rows: 2026-12-03, Zen 4).
+        let passes = rows / 4 + rows % 4;
+        let prefetch = |next: Range<usize>, pass: usize| {
+            if rows < 2 || next.is_empty() {
+                return 0..0;
+            }
+            let (a, e) = (base + next.start * row_bytes, base + next.end * row_bytes);
+            a + (e - a) * pass / passes..a + (e - a) * (pass + 1) / passes
+        };
         // Output columns o (and o + 1 when `pair`) for every row of x: rows four at a time (W's
         // rows read once for the four, the x chunks once for both columns), then one by one; each
-        // value is the same whichever way it is computed.
-        let columns = |o: usize, pair: bool| {
+        // value is the same whichever way it is computed. `ahead`: W's rows to fetch meanwhile.
+        let columns = |o: usize, pair: bool, ahead: Range<usize>| {
             let four = rows / 4 * 4;
             for r in (0..four).step_by(4) {
                 let xs = [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)];
+                let pf = prefetch(ahead.clone(), r / 4);
                 if pair {
-                    let vs = dots2([row(o), row(o + 1)], xs);
+                    let vs = dots2([row(o), row(o + 1)], xs, pf);
                     for (j, v) in vs.iter().enumerate() {
                         v.iter()
                             .enumerate()
                             .for_each(|(i, &v)| put(r + i, o + j, v));
                     }
                 } else {
-                    let vs = dots(row(o), xs);
+                    let vs = dots(row(o), xs, pf);
                     vs.iter().enumerate().for_each(|(i, &v)| put(r + i, o, v));
                 }
             }
             for r in four..rows {
+                let pf = prefetch(ahead.clone(), four / 4 + r - four);
                 if pair {
-                    let vs = dots2([row(o), row(o + 1)], [xr(r)]);
+                    let vs = dots2([row(o), row(o + 1)], [xr(r)], pf);
                     put(r, o, vs[0][0]);
                     put(r, o + 1, vs[1][0]);
                 } else {
-                    put(r, o, dots(row(o), [xr(r)])[0]);
+                    put(r, o, dots(row(o), [xr(r)], pf)[0]);
                 }
             }
         };
@@ -109,8 +126,9 @@ impl RowsLinear {
             while o < os.end {
                 // One row of x: the kernel is bound by reading W, one stream is enough.
                 let pair = rows > 1 && o + 1 < os.end;
-                columns(o, pair);
-                o += 1 + usize::from(pair);
+                let next = o + 1 + usize::from(pair);
+                columns(o, pair, (next + 2).min(os.end)..(next + 4).min(os.end));
+                o = next;
             }
         });
         Ok(CpuStorage::F32(y))
