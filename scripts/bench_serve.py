@@ -7,7 +7,8 @@ concurrent clients, time to first token on an idle and on a busy server, and a s
         tokens / wall time).
     python3 scripts/bench_serve.py URL --ttft --clients 8
         Time to first token of a short streamed request on the idle server, then again while
-        `--clients` streams of `--tokens` tokens run. Prints `RESULT ttft_idle_ms`,
+        `--clients` streams of `--tokens` tokens run (median of `--probes`, each sent after a
+        random pause of up to 100 ms, or `--back-to-back`). Prints `RESULT ttft_idle_ms`,
         `RESULT ttft_busy_ms` and their ratio.
     python3 scripts/bench_serve.py URL --soak 300 --clients 32 --pid PID
         `--clients` clients for that many seconds, streaming and not, a fifth of the streams
@@ -27,6 +28,8 @@ p.add_argument("--ignore-eos", action="store_true")
 p.add_argument("--api-key")
 p.add_argument("--model")
 p.add_argument("--ttft", action="store_true")
+p.add_argument("--probes", type=int, default=9, help="time-to-first-token requests; the median is printed")
+p.add_argument("--back-to-back", action="store_true", help="send each probe as the previous one ends")
 p.add_argument("--soak", type=float, default=0)
 p.add_argument("--pid", type=int)
 p.add_argument("--rss-growth-pct", type=float, default=5.0, help="the soak's limit on RSS growth")
@@ -122,6 +125,11 @@ def throughput():
 
 
 def ttft_once(i):
+    # Each probe arrives at a random moment: sent straight after the previous one's answer, it
+    # would arrive just as the server starts its next decode step and wait for the whole step
+    # (`--back-to-back` measures that).
+    if not a.back_to_back:
+        time.sleep(random.uniform(0, 0.1))
     start = time.time()
     first = []
     stream(i, 1, on_first=lambda: first.append(time.time()))
@@ -129,7 +137,7 @@ def ttft_once(i):
 
 
 def ttft():
-    idle = statistics.median(ttft_once(1000 + k) for k in range(5))
+    idle = statistics.median(ttft_once(1000 + k) for k in range(a.probes))
     started = threading.Semaphore(0)
     threads = [
         threading.Thread(target=stream, args=(i, a.tokens, started.release)) for i in range(a.clients)
@@ -138,7 +146,7 @@ def ttft():
         t.start()
     for _ in threads:
         started.acquire()
-    busy = statistics.median(ttft_once(2000 + k) for k in range(5))
+    busy = statistics.median(ttft_once(2000 + k) for k in range(a.probes))
     for t in threads:
         t.join()
     print(f"RESULT ttft_idle_ms {idle:.1f}")

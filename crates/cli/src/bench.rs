@@ -2,6 +2,7 @@
 use crate::out::outln;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use scratchllm_model::kernels::peak::{self, Peak};
 use scratchllm_tokenizer::{self as tk, io::read_text};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,8 +13,19 @@ pub enum BenchCommand {
     Tokenizer(TokenizerBench),
     /// Greedy generation with the KV cache, batch 1 (prompt processing included in the time).
     Generate(GenerateBench),
-    /// Training steps (forward, backward, AdamW) on random tokens; median step after the first.
+    /// Training steps (forward, backward, AdamW) on random tokens; median step after the first,
+    /// with the model FLOPs achieved and their fraction of the measured peak.
     Train(TrainBench),
+    /// The arithmetic peak of the threads in use: f32 fused multiply-adds and bf16 dot products
+    /// per second, on registers (SCRATCHLLM_SIMD=avx2|portable measures the narrower paths).
+    Peak(PeakBench),
+}
+
+#[derive(Args)]
+pub struct PeakBench {
+    /// Runs; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
 }
 
 #[derive(Args)]
@@ -71,7 +83,48 @@ pub fn run(c: BenchCommand) -> Result<()> {
         BenchCommand::Tokenizer(b) => tokenizer(b),
         BenchCommand::Generate(b) => generate(b),
         BenchCommand::Train(b) => train(b),
+        BenchCommand::Peak(b) => peak(b),
     }
+}
+
+/// The best of `repeat` measurements of the f32 and bf16 peaks on the threads in use.
+fn peaks(repeat: usize) -> (Peak, Option<Peak>) {
+    let threads = candle_core::utils::get_num_threads();
+    let best = |a: Option<Peak>, b: Option<Peak>| match (a, b) {
+        (Some(a), Some(b)) if b.gflops > a.gflops => Some(b),
+        (a, b) => a.or(b),
+    };
+    let (mut f32s, mut bf16s) = (None, None);
+    for _ in 0..repeat.max(1) {
+        f32s = best(f32s, Some(peak::f32_peak(threads, ROUNDS)));
+        bf16s = best(bf16s, peak::bf16_peak(threads, ROUNDS));
+    }
+    (
+        f32s.unwrap_or_else(|| peak::f32_peak(threads, ROUNDS)),
+        bf16s,
+    )
+}
+
+/// Rounds of the peak's chains: about 0.2 s per measurement at 3.5 GHz.
+const ROUNDS: u64 = 50_000_000;
+
+fn peak(b: PeakBench) -> Result<()> {
+    let (f, bf) = peaks(b.repeat);
+    outln!(
+        "f32 fused multiply-add: {:.1} GFLOP/s ({}, threads: {})",
+        f.gflops,
+        f.kernel,
+        f.threads
+    )?;
+    match bf {
+        Some(p) => outln!("bf16 dot product: {:.1} GFLOP/s ({})", p.gflops, p.kernel)?,
+        None => outln!("bf16 dot product: not on this CPU (bf16 products widen to f32)")?,
+    }
+    if let Some(p) = bf {
+        outln!("RESULT bf16_gflops {:.1}", p.gflops)?;
+    }
+    outln!("RESULT f32_gflops {:.1}", f.gflops)?;
+    Ok(())
 }
 
 fn best_of<T>(repeat: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
@@ -317,6 +370,8 @@ fn train(b: TrainBench) -> Result<()> {
         grad_accum: 1,
         no_decay_bias_norm: false,
     };
+    // The peak first: measured after training, it came out at half (2026-12-03, Zen 4 VM).
+    let (f32_peak, bf16_peak) = peaks(2);
     scratchllm_model::kernels::set_autocast_bf16(b.dtype == crate::model::WeightDtype::Bf16);
     let mut trainer = Trainer::new(&cfg, weights, settings)?;
     let idx: Vec<usize> = (0..b.batch.min(windows.len())).collect();
@@ -331,9 +386,23 @@ fn train(b: TrainBench) -> Result<()> {
     let mut rest = times[1..].to_vec();
     rest.sort_by(f64::total_cmp);
     let median = rest[rest.len() / 2];
+    let tokens_per_s = (idx.len() * b.ctx) as f64 / median;
+    // Model FLOPs utilization against the peak of the instructions the products use, measured now.
+    let flops = cfg.train_flops_per_token(b.ctx);
+    let achieved = flops * tokens_per_s / 1e9;
+    let peak = match (b.dtype, bf16_peak) {
+        (crate::model::WeightDtype::Bf16, Some(p)) => p,
+        _ => f32_peak,
+    };
     outln!(
-        "RESULT tokens_per_s {:.1}",
-        (idx.len() * b.ctx) as f64 / median
+        "model FLOPs per token {:.3} G; {achieved:.1} GFLOP/s = {:.1}% of the {} peak {:.1} GFLOP/s (threads: {})",
+        flops / 1e9,
+        100.0 * achieved / peak.gflops,
+        peak.kernel,
+        peak.gflops,
+        peak.threads
     )?;
+    outln!("RESULT mfu {:.4}", achieved / peak.gflops)?;
+    outln!("RESULT tokens_per_s {tokens_per_s:.1}")?;
     Ok(())
 }

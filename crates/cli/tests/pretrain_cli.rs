@@ -87,6 +87,17 @@ fn the_cli_reproduces_the_chapter5_trace_and_resumes() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!((g - w).abs() <= 1e-3 * w, "step {i}: {g} vs PyTorch {w}");
     }
+    // Each step's speed: tokens per second (4 x its context each step) and a utilization of the
+    // measured peak between 0 and 1.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for l in metrics.lines().filter(|l| l.contains("\"train_loss\"")) {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let (speed, mfu) = (
+            v["tokens_per_s"].as_f64().unwrap(),
+            v["mfu"].as_f64().unwrap(),
+        );
+        assert!(speed > 0.0 && mfu > 0.0 && mfu < 1.0, "{l}");
+    }
     // The final model generates.
     let gen = Command::new(env!("CARGO_BIN_EXE_scratchllm"))
         .args([

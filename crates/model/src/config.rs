@@ -352,6 +352,36 @@ impl GptConfig {
         }
     }
 
+    /// Model FLOPs of one training token in windows of `ctx` tokens: forward plus backward, the
+    /// backward counted as twice the forward (as the book's chapter 4 FLOPs analysis, and PaLM's
+    /// model FLOPs utilization), a multiply-add as two. The forward is every weight matrix's
+    /// product (the head included, the embeddings' lookups not) and attention's two products per
+    /// query head (scores, weighted values) over `ctx` positions, or the layer's window (PaLM's
+    /// convention: the causal mask's half is not subtracted). Norms, activations and softmax are
+    /// not counted.
+    pub fn train_flops_per_token(&self, ctx: usize) -> f64 {
+        let c = self.emb_dim as f64;
+        let (h, kv, hs) = (
+            self.n_heads as f64,
+            self.kv_heads() as f64,
+            self.head_dim() as f64,
+        );
+        let ff = self.ff_dim() as f64;
+        let projections = c * (h + 2.0 * kv) * hs + h * hs * c;
+        let mlp = match self.arch {
+            Arch::Gpt2 => 2.0 * c * ff,
+            // Gate, up and down.
+            _ => 3.0 * c * ff,
+        };
+        let head = c * self.num_classes.unwrap_or(self.vocab_size) as f64;
+        let mut forward = 2.0 * (self.n_layers as f64 * (projections + mlp) + head);
+        for i in 0..self.n_layers {
+            let t = self.window(i).map_or(ctx, |w| w.min(ctx)) as f64;
+            forward += 2.0 * 2.0 * t * h * hs;
+        }
+        3.0 * forward
+    }
+
     /// The normalization epsilon.
     pub fn eps(&self) -> f64 {
         self.norm_eps.unwrap_or(1e-5)
@@ -539,6 +569,40 @@ impl GptConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_flops_per_token_are_palms_for_gpt2_and_count_grouped_heads_and_windows() {
+        // GPT-2 small at 1024 tokens: PaLM's 6N + 12 L H Q T with N the matrices' parameters
+        // (the head included): nanoGPT's `estimate_mfu`.
+        let cfg = GptConfig::preset("gpt2-small").unwrap();
+        let n = 12.0 * (4.0 * 768.0 * 768.0 + 2.0 * 768.0 * 3072.0) + 768.0 * 50257.0;
+        let palm = 6.0 * n + 12.0 * 12.0 * 12.0 * 64.0 * 1024.0;
+        assert_eq!(cfg.train_flops_per_token(1024), palm);
+        // Grouped-query attention: 2 key/value heads of 16 for 4 query heads, SwiGLU of 160.
+        let gqa = GptConfig {
+            arch: Arch::Llama,
+            vocab_size: 100,
+            emb_dim: 64,
+            n_heads: 4,
+            n_kv_heads: Some(2),
+            head_dim: Some(16),
+            hidden_dim: Some(160),
+            n_layers: 1,
+            ..Default::default()
+        };
+        let forward = 2.0 * (64.0 * (4.0 + 4.0) * 16.0 + 64.0 * 16.0 * 4.0 + 3.0 * 64.0 * 160.0)
+            + 2.0 * 64.0 * 100.0
+            + 4.0 * 10.0 * 64.0;
+        assert_eq!(gqa.train_flops_per_token(10), 3.0 * forward);
+        // A sliding window caps what a layer attends to.
+        let windowed = GptConfig {
+            layer_types: vec![LayerType::SlidingAttention],
+            sliding_window: Some(4),
+            ..gqa.clone()
+        };
+        let fewer = 3.0 * 4.0 * (10.0 - 4.0) * 64.0;
+        assert_eq!(windowed.train_flops_per_token(10), 3.0 * forward - fewer);
+    }
 
     #[test]
     fn parameter_counts_match_the_book() {

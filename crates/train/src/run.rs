@@ -171,6 +171,8 @@ pub fn train(
         saved: None,
     };
     let (train_tokens, val_tokens) = task.tokens();
+    // Measured before any step (after the steps' work it can come out lower), kept for the run.
+    scratchllm_model::kernels::peak::training_peak(scratchllm_model::kernels::autocast_bf16());
     obs.start(total, state.step, train_tokens, val_tokens);
     let settings = trainer.settings.clone();
     // Where the data resumes after the latest step.
@@ -181,6 +183,7 @@ pub fn train(
         }
         run.saved = None;
         let mut figures: Vec<Vec<(&'static str, f32)>> = Vec::new();
+        let (started, seen) = (std::time::Instant::now(), trainer.tokens_seen);
         let record = trainer.step_with(group.batches.len(), group.epoch, &mut |m, k, rng| {
             let b = task.loss(m, &group.batches[k], rng)?;
             figures.push(b.figures);
@@ -190,8 +193,9 @@ pub fn train(
             return Err(run.non_finite(&record));
         }
         next = group.next;
+        let speed = Speed::of(trainer, record.tokens_seen - seen, started.elapsed());
         run.metrics
-            .write(step_line(&record, &mean_figures(&figures)))?;
+            .write(step_line(&record, &mean_figures(&figures), &speed))?;
         obs.step(&record);
         let every = cfg.eval_every;
         let last = trainer.step >= total;
@@ -373,9 +377,33 @@ fn resume(ckpt_dir: &Path, trainer: &mut Trainer) -> Result<RunState> {
     })
 }
 
-fn step_line(r: &StepRecord, figures: &[(&'static str, f32)]) -> Value {
+/// A step's speed: tokens per second, and the model FLOPs utilization (the model's training FLOPs
+/// per token at its context length, see `GptConfig::train_flops_per_token`, over the measured peak
+/// of the instructions its products use; frozen weights and padding are counted as computed).
+struct Speed {
+    tokens_per_s: f64,
+    mfu: f64,
+}
+
+impl Speed {
+    fn of(trainer: &Trainer, tokens: u64, took: std::time::Duration) -> Speed {
+        let tokens_per_s = tokens as f64 / took.as_secs_f64().max(1e-9);
+        let cfg = trainer.model.config();
+        let flops = cfg.train_flops_per_token(cfg.context_length) * tokens_per_s;
+        let peak = scratchllm_model::kernels::peak::training_peak(
+            scratchllm_model::kernels::autocast_bf16(),
+        );
+        Speed {
+            tokens_per_s,
+            mfu: flops / 1e9 / peak.gflops,
+        }
+    }
+}
+
+fn step_line(r: &StepRecord, figures: &[(&'static str, f32)], speed: &Speed) -> Value {
     let mut line = json!({"step": r.step, "epoch": r.epoch, "train_loss": r.train_loss,
-                          "lr": r.lr, "grad_norm": r.grad_norm, "tokens_seen": r.tokens_seen});
+                          "lr": r.lr, "grad_norm": r.grad_norm, "tokens_seen": r.tokens_seen,
+                          "tokens_per_s": speed.tokens_per_s, "mfu": speed.mfu});
     for (name, v) in figures {
         line[*name] = json!(v);
     }

@@ -23,6 +23,7 @@ mod glu;
 mod layer_norm;
 mod linear;
 mod matmul_bf16;
+pub mod peak;
 pub mod reference;
 mod rms_norm;
 mod rope;
@@ -257,22 +258,33 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// 4: AVX-512 (F, VL, BW, DQ), 3: AVX2 and FMA, 0: neither (or not x86-64).
-pub(crate) fn simd_level() -> u8 {
+/// 4: AVX-512 (F, VL, BW, DQ), 3: AVX2 and FMA, 0: neither (or not x86-64). `SCRATCHLLM_SIMD=avx2`
+/// or `portable` caps it (to measure the paths other CPUs take; candle's own matrix products pick
+/// their instructions themselves).
+pub fn simd_level() -> u8 {
     static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") {
-                return 4;
-            }
-            if has!("avx2") && has!("fma") {
-                return 3;
-            }
-        }
-        0
+        let cap = match std::env::var("SCRATCHLLM_SIMD").as_deref() {
+            Ok("avx2") => 3,
+            Ok("portable") => 0,
+            _ => 4,
+        };
+        detected_simd_level().min(cap)
     })
+}
+
+fn detected_simd_level() -> u8 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq") {
+            return 4;
+        }
+        if has!("avx2") && has!("fma") {
+            return 3;
+        }
+    }
+    0
 }
 
 /// Lanes of the sums in the kernels (one AVX-512 register of f32).
