@@ -251,6 +251,10 @@ pub struct ClassifyArgs {
     /// Average the hidden states over the text instead of reading one token.
     #[arg(long)]
     average_embeddings: bool,
+    /// Balance and split drawing as pandas does (`DataFrame.sample(random_state=SEED)`), as the
+    /// book's chapter 6 code: the book's very training, validation and test texts.
+    #[arg(long)]
+    pandas_sampling: bool,
     #[command(flatten)]
     optim: OptimArgs,
     #[command(flatten)]
@@ -292,6 +296,7 @@ fn classify_config(a: &ClassifyArgs) -> Result<ClassifyConfig> {
             PositionArg::LastNonPad => TokenPosition::LastNonPad,
         },
         average_embeddings: a.average_embeddings,
+        pandas_sampling: a.pandas_sampling,
         optim: a.optim.config()?,
         run: a.run.config()?,
         tune,

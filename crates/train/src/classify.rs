@@ -14,7 +14,8 @@ use crate::data::Loader;
 use crate::finetune::Output;
 pub use crate::finetune::{Trainable, TuneConfig};
 pub use crate::labeled::{
-    balance, class_labels, encode, read_examples, split, Column, Encoded, Example, TableFormat,
+    balance, balance_like_pandas, class_labels, encode, read_examples, split, split_like_pandas,
+    Column, Encoded, Example, TableFormat,
 };
 use crate::run::{self, BatchLoss, BestBy, Ending, Evaluation, Observer, Outcome, Plot, Task};
 use crate::rundir::{err, write_json, RunSettings};
@@ -49,6 +50,10 @@ pub struct ClassifyConfig {
     pub max_length: Option<usize>,
     pub token_position: TokenPosition,
     pub average_embeddings: bool,
+    /// Balance and split drawing as pandas does with `random_state` = the seed (the book's code):
+    /// the book's very rows.
+    #[serde(default)]
+    pub pandas_sampling: bool,
     #[serde(flatten)]
     pub optim: OptimConfig,
     #[serde(flatten)]
@@ -73,6 +78,7 @@ impl ClassifyConfig {
             max_length: None,
             token_position: TokenPosition::Last,
             average_embeddings: false,
+            pandas_sampling: false,
             optim: OptimConfig::constant(5, 8, 5e-5, 0.1),
             run: RunConfig::new(0, None, 0),
         }
@@ -99,6 +105,12 @@ impl RunSettings for ClassifyConfig {
             return Err(ModelError::Config(format!(
                 "split fractions train {} and validation {} must be positive and sum to at most 1",
                 self.train_fraction, self.val_fraction
+            )));
+        }
+        if self.pandas_sampling && u32::try_from(self.optim.seed).is_err() {
+            return Err(ModelError::Config(format!(
+                "seed {} is above 4294967295, the largest random_state pandas' sampling takes",
+                self.optim.seed
             )));
         }
         Ok(())
@@ -128,18 +140,25 @@ pub fn prepare(cfg: &ClassifyConfig, tok: &Tokenizer, context_length: usize) -> 
             ),
         ));
     }
-    let examples = if cfg.balance {
-        balance(examples, &labels, cfg.optim.seed)
-    } else {
-        examples
+    // Checked to fit by `check`.
+    let pandas_seed = cfg
+        .pandas_sampling
+        .then(|| u32::try_from(cfg.optim.seed).unwrap_or(u32::MAX));
+    let examples = match (cfg.balance, pandas_seed) {
+        (true, Some(seed)) => balance_like_pandas(examples, &labels, seed),
+        (true, None) => balance(examples, &labels, cfg.optim.seed),
+        (false, _) => examples,
     };
     let n = examples.len();
-    let (train, val, test) = split(
-        examples,
-        cfg.train_fraction,
-        cfg.val_fraction,
-        cfg.optim.seed,
-    );
+    let (train, val, test) = match pandas_seed {
+        Some(seed) => split_like_pandas(examples, cfg.train_fraction, cfg.val_fraction, seed),
+        None => split(
+            examples,
+            cfg.train_fraction,
+            cfg.val_fraction,
+            cfg.optim.seed,
+        ),
+    };
     if train.len() < cfg.optim.batch_size || train.len() < labels.len() {
         return Err(err(
             data,

@@ -197,6 +197,49 @@ pub fn balance(examples: Vec<Example>, labels: &[String], seed: u64) -> Vec<Exam
     out
 }
 
+/// [`balance`] drawing as pandas does in the book's `create_balanced_dataset`: each larger class
+/// sampled with `DataFrame.sample(n, random_state=seed)` (in the order drawn), the smallest kept
+/// in file order, the classes one after the other.
+pub fn balance_like_pandas(examples: Vec<Example>, labels: &[String], seed: u32) -> Vec<Example> {
+    let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); labels.len()];
+    for e in examples {
+        if let Some(c) = labels.iter().position(|l| *l == e.label) {
+            by_class[c].push(e);
+        }
+    }
+    let n = by_class.iter().map(Vec::len).min().unwrap_or(0);
+    let mut out = Vec::new();
+    for class in by_class {
+        if class.len() > n {
+            let picks = crate::pandas_sample::sample(class.len(), n, seed);
+            let mut taken: Vec<Option<Example>> = class.into_iter().map(Some).collect();
+            out.extend(picks.into_iter().filter_map(|i| taken[i].take()));
+        } else {
+            out.extend(class);
+        }
+    }
+    out
+}
+
+/// [`split`] shuffling as pandas does in the book's `random_split`:
+/// `DataFrame.sample(frac=1, random_state=seed)`.
+pub fn split_like_pandas(
+    examples: Vec<Example>,
+    train: f64,
+    val: f64,
+    seed: u32,
+) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
+    let n = examples.len();
+    let order = crate::pandas_sample::sample(n, n, seed);
+    let mut taken: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
+    let mut examples: Vec<Example> = order.into_iter().filter_map(|i| taken[i].take()).collect();
+    let a = ((n as f64 * train) as usize).min(n);
+    let b = (a + (n as f64 * val) as usize).min(n);
+    let test = examples.split_off(b);
+    let val = examples.split_off(a);
+    (examples, val, test)
+}
+
 /// Shuffles with `seed` and splits into train, validation and test by fractions (the book's
 /// `random_split`: sizes `int(n * train)`, `int(n * val)`, the rest).
 pub fn split(

@@ -11,6 +11,7 @@ mod labeled;
 pub mod loss;
 mod metrics;
 pub mod optim;
+pub mod pandas_sample;
 pub mod plot;
 pub mod pretrain;
 pub mod run;
