@@ -6,23 +6,16 @@ screenshot (run by the serve tests).
 With API_KEY (a server started with --api-key), the page must first ask for it; the key is typed
 into its key field. Prints "chat page: ok" when the answer arrived.
 """
-import shutil
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from headless_chromium import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 url, shot = sys.argv[1], sys.argv[2]
 key = sys.argv[3] if len(sys.argv) > 3 else None
-options = webdriver.ChromeOptions()
-for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
-    options.add_argument(arg)
-options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
-driver = webdriver.Chrome(options=options, service=service)
+driver = chromium()
 try:
     driver.get(url)
     wait = WebDriverWait(driver, 30)

@@ -7,21 +7,14 @@ EXPECTED_JSON: {"texts": [...], "labels": [...], "probabilities": [[...], ...]} 
 text, in the order of the page's columns). Prints "classify page: ok" when the table agrees.
 """
 import json
-import shutil
 import sys
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from headless_chromium import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 url, shot, expected = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-options = webdriver.ChromeOptions()
-for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
-    options.add_argument(arg)
-options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
-driver = webdriver.Chrome(options=options, service=service)
+driver = chromium()
 try:
     driver.get(url)
     wait = WebDriverWait(driver, 30)

@@ -89,20 +89,7 @@ pub fn run(c: BenchCommand) -> Result<()> {
 
 /// The best of `repeat` measurements of the f32 and bf16 peaks on the threads in use.
 fn peaks(repeat: usize) -> (Peak, Option<Peak>) {
-    let threads = candle_core::utils::get_num_threads();
-    let best = |a: Option<Peak>, b: Option<Peak>| match (a, b) {
-        (Some(a), Some(b)) if b.gflops > a.gflops => Some(b),
-        (a, b) => a.or(b),
-    };
-    let (mut f32s, mut bf16s) = (None, None);
-    for _ in 0..repeat.max(1) {
-        f32s = best(f32s, Some(peak::f32_peak(threads, ROUNDS)));
-        bf16s = best(bf16s, peak::bf16_peak(threads, ROUNDS));
-    }
-    (
-        f32s.unwrap_or_else(|| peak::f32_peak(threads, ROUNDS)),
-        bf16s,
-    )
+    peak::measure(candle_core::utils::get_num_threads(), ROUNDS, repeat.max(1))
 }
 
 /// Rounds of the peak's chains: about 0.2 s per measurement at 3.5 GHz.

@@ -348,16 +348,8 @@ fn convert_both_ways_keeps_each_fixtures_greedy_ids() {
 
 /// A separable toy spam table (80 rows).
 fn toy_table(dir: &Path) -> PathBuf {
-    let mut t = String::new();
-    for i in 0..40 {
-        t += &format!("spam\tWIN a FREE prize {i}! Call 0906{i:04} now to claim your cash\n");
-        t += &format!(
-            "ham\tare we still meeting at {} tonight? see you soon\n",
-            i % 12 + 1
-        );
-    }
     let p = dir.join("toy.tsv");
-    std::fs::write(&p, t).unwrap();
+    std::fs::write(&p, scratchllm_testutil::toy_spam_tsv()).unwrap();
     p
 }
 

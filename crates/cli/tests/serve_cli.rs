@@ -985,9 +985,7 @@ fn a_classifier_model_gets_the_classification_page() {
         .collect();
     assert_eq!(&labels[..2], ["spam", "ham"], "{r}");
     let expected = json!({"texts": texts, "labels": labels, "probabilities": probs}).to_string();
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/test-artifacts/classify-page.png");
-    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let shot = common::artifact("classify-page.png");
     let url = format!("http://127.0.0.1:{}/", server.port);
     let args = [url.as_str(), shot.to_str().unwrap(), expected.as_str()];
     if let Some(out) = python_check("check_classify_page.py", "selenium", &args) {
@@ -1119,9 +1117,7 @@ fn the_chat_page_streams_an_answer_in_headless_chromium() {
     };
     let server = Server::start(&model, &[]);
     let url = format!("http://127.0.0.1:{}/", server.port);
-    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/test-artifacts/chat-page.png");
-    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let shot = common::artifact("chat-page.png");
     if let Some(out) = python_check(
         "check_chat_page.py",
         "selenium",

@@ -874,9 +874,7 @@ fn the_openai_client_and_the_chat_page_work_with_a_key() {
         assert!(out.contains("openai client: ok"), "{out}");
     }
     let page = format!("http://127.0.0.1:{}/", server.port);
-    let shot =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts/chat-page-key.png");
-    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let shot = common::artifact("chat-page-key.png");
     if let Some(out) = python_check(
         "check_chat_page.py",
         "selenium",

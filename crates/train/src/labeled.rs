@@ -174,25 +174,39 @@ pub fn class_labels(
     Ok(labels)
 }
 
-/// Undersamples every class to the size of the smallest (the book's `create_balanced_dataset`),
-/// keeping the file order within a class.
-pub fn balance(examples: Vec<Example>, labels: &[String], seed: u64) -> Vec<Example> {
+/// The examples of each class of `labels`, in file order (others dropped).
+fn by_class(examples: Vec<Example>, labels: &[String]) -> Vec<Vec<Example>> {
     let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); labels.len()];
     for e in examples {
         if let Some(c) = labels.iter().position(|l| *l == e.label) {
             by_class[c].push(e);
         }
     }
-    let n = by_class.iter().map(Vec::len).min().unwrap_or(0);
+    by_class
+}
+
+/// `items` at `positions`, in that order.
+fn pick<T>(items: Vec<T>, positions: Vec<usize>) -> Vec<T> {
+    let mut taken: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    positions
+        .into_iter()
+        .filter_map(|i| taken[i].take())
+        .collect()
+}
+
+/// Undersamples every class to the size of the smallest (the book's `create_balanced_dataset`),
+/// keeping the file order within a class.
+pub fn balance(examples: Vec<Example>, labels: &[String], seed: u64) -> Vec<Example> {
+    let classes = by_class(examples, labels);
+    let n = classes.iter().map(Vec::len).min().unwrap_or(0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
-    for mut class in by_class {
+    for class in classes {
         let mut keep: Vec<usize> = (0..class.len()).collect();
         keep.shuffle(&mut rng);
         keep.truncate(n);
         keep.sort_unstable();
-        let mut taken: Vec<Option<Example>> = class.drain(..).map(Some).collect();
-        out.extend(keep.into_iter().filter_map(|i| taken[i].take()));
+        out.extend(pick(class, keep));
     }
     out
 }
@@ -201,19 +215,13 @@ pub fn balance(examples: Vec<Example>, labels: &[String], seed: u64) -> Vec<Exam
 /// sampled with `DataFrame.sample(n, random_state=seed)` (in the order drawn), the smallest kept
 /// in file order, the classes one after the other.
 pub fn balance_like_pandas(examples: Vec<Example>, labels: &[String], seed: u32) -> Vec<Example> {
-    let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); labels.len()];
-    for e in examples {
-        if let Some(c) = labels.iter().position(|l| *l == e.label) {
-            by_class[c].push(e);
-        }
-    }
-    let n = by_class.iter().map(Vec::len).min().unwrap_or(0);
+    let classes = by_class(examples, labels);
+    let n = classes.iter().map(Vec::len).min().unwrap_or(0);
     let mut out = Vec::new();
-    for class in by_class {
+    for class in classes {
         if class.len() > n {
             let picks = crate::pandas_sample::sample(class.len(), n, seed);
-            let mut taken: Vec<Option<Example>> = class.into_iter().map(Some).collect();
-            out.extend(picks.into_iter().filter_map(|i| taken[i].take()));
+            out.extend(pick(class, picks));
         } else {
             out.extend(class);
         }
@@ -230,14 +238,11 @@ pub fn split_like_pandas(
     seed: u32,
 ) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
     let n = examples.len();
-    let order = crate::pandas_sample::sample(n, n, seed);
-    let mut taken: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
-    let mut examples: Vec<Example> = order.into_iter().filter_map(|i| taken[i].take()).collect();
-    let a = ((n as f64 * train) as usize).min(n);
-    let b = (a + (n as f64 * val) as usize).min(n);
-    let test = examples.split_off(b);
-    let val = examples.split_off(a);
-    (examples, val, test)
+    cut(
+        pick(examples, crate::pandas_sample::sample(n, n, seed)),
+        train,
+        val,
+    )
 }
 
 /// Shuffles with `seed` and splits into train, validation and test by fractions (the book's
@@ -248,8 +253,16 @@ pub fn split(
     val: f64,
     seed: u64,
 ) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    examples.shuffle(&mut rng);
+    examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    cut(examples, train, val)
+}
+
+/// Train, validation and test in order: `int(n * train)`, `int(n * val)`, the rest.
+fn cut(
+    mut examples: Vec<Example>,
+    train: f64,
+    val: f64,
+) -> (Vec<Example>, Vec<Example>, Vec<Example>) {
     let n = examples.len();
     let a = ((n as f64 * train) as usize).min(n);
     let b = (a + (n as f64 * val) as usize).min(n);

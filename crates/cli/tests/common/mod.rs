@@ -184,3 +184,11 @@ pub fn python_check(script: &str, modules: &str, args: &[&str]) -> Option<String
     assert!(out.status.success(), "{script} failed:\n{text}");
     Some(text)
 }
+
+/// Where a test saves a file to look at afterwards (a screenshot): `target/test-artifacts/NAME`,
+/// its folder made.
+pub fn artifact(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}

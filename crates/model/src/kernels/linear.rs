@@ -83,11 +83,11 @@ impl RowsLinear {
         // rows of W two pairs on are fetched into L2 while these are computed, a part in each pass
         // over them (one pair on left too little time at 8 rows: 2026-12-03, Zen 4).
         let passes = rows / 4 + rows % 4;
-        let prefetch = |next: Range<usize>, pass: usize| {
-            if rows < 2 || next.is_empty() {
+        let prefetch = |ahead: Range<usize>, pass: usize| {
+            if rows < 2 || ahead.is_empty() {
                 return 0..0;
             }
-            let (a, e) = (base + next.start * row_bytes, base + next.end * row_bytes);
+            let (a, e) = (base + ahead.start * row_bytes, base + ahead.end * row_bytes);
             a + (e - a) * pass / passes..a + (e - a) * (pass + 1) / passes
         };
         // Output columns o (and o + 1 when `pair`) for every row of x: rows four at a time (W's

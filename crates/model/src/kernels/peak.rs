@@ -65,24 +65,25 @@ pub fn bf16_peak(threads: usize, rounds: u64) -> Option<Peak> {
     None
 }
 
+/// The best of `repeat` measurements of the f32 and bf16 peaks (see [`f32_peak`], [`bf16_peak`]).
+pub fn measure(threads: usize, rounds: u64, repeat: usize) -> (Peak, Option<Peak>) {
+    let better = |a: Peak, b: Peak| if b.gflops > a.gflops { b } else { a };
+    let mut f = f32_peak(threads, rounds);
+    let mut b = bf16_peak(threads, rounds);
+    for _ in 1..repeat {
+        f = better(f, f32_peak(threads, rounds));
+        b = b.zip(bf16_peak(threads, rounds)).map(|(x, y)| better(x, y));
+    }
+    (f, b)
+}
+
 /// The peak that training's products run against (bf16 where autocast is on and the CPU has the
 /// bf16 dot product, else f32) on the threads in use, measured briefly once per process (about
 /// 40 ms) for the model FLOPs utilization logged during training runs.
 pub fn training_peak(bf16: bool) -> Peak {
     static PEAKS: std::sync::OnceLock<(Peak, Option<Peak>)> = std::sync::OnceLock::new();
-    let (f32s, bf16s) = PEAKS.get_or_init(|| {
-        let threads = candle_core::utils::get_num_threads();
-        let best = |f: &dyn Fn() -> Option<Peak>| {
-            let (a, b) = (f(), f());
-            match (a, b) {
-                (Some(a), Some(b)) => Some(if b.gflops > a.gflops { b } else { a }),
-                (a, b) => a.or(b),
-            }
-        };
-        let f = best(&|| Some(f32_peak(threads, 5_000_000)));
-        let b = best(&|| bf16_peak(threads, 5_000_000));
-        (f.unwrap_or_else(|| f32_peak(threads, 5_000_000)), b)
-    });
+    let (f32s, bf16s) =
+        PEAKS.get_or_init(|| measure(candle_core::utils::get_num_threads(), 5_000_000, 2));
     match bf16s {
         Some(b) if bf16 => *b,
         _ => *f32s,
