@@ -42,6 +42,13 @@ pub struct TrainBench {
     /// Matrix products in f32, or bf16 (f32 master weights and accumulation, as PyTorch autocast).
     #[arg(long, value_enum, default_value_t = crate::model::WeightDtype::F32)]
     dtype: crate::model::WeightDtype,
+    /// Train LoRA adapters of this rank (alpha = rank) on every attention and feed-forward layer
+    /// instead of all the weights.
+    #[arg(long, value_name = "RANK")]
+    lora: Option<usize>,
+    /// Recompute each block in the backward instead of keeping its activations.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 #[derive(Args)]
@@ -331,7 +338,23 @@ fn train(b: TrainBench) -> Result<()> {
             )
         })?
         + 1;
-    let weights = scratchllm_model::Weights::random(&cfg, 123, &candle_core::Device::Cpu)?;
+    let dev = candle_core::Device::Cpu;
+    let mut weights = scratchllm_model::Weights::random(&cfg, 123, &dev)?.into_tensors();
+    let lora = match b.lora {
+        Some(rank) => {
+            use scratchllm_model::lora::Target;
+            let spec = scratchllm_model::LoraSpec {
+                rank,
+                alpha: rank as f64,
+                targets: vec![Target::Attention, Target::FeedForward],
+            };
+            weights.extend(scratchllm_model::lora::init(&cfg, &spec, 7, &dev)?);
+            Some(spec)
+        }
+        None => None,
+    };
+    let weight_bytes: usize = weights.values().map(|t| t.elem_count() * 4).sum();
+    let weights = scratchllm_model::Weights::new(weights, "random weights");
     // Random tokens, one batch of windows reused every step (as the peer's fixed batch).
     let ids: Vec<u32> = (0..n as u64)
         .map(|i| ((i * 2_654_435_761 + 7) % cfg.vocab_size as u64) as u32)
@@ -360,9 +383,22 @@ fn train(b: TrainBench) -> Result<()> {
     // The peak first: measured after training, it came out at half (2026-12-03, Zen 4 VM).
     let (f32_peak, bf16_peak) = peaks(2);
     scratchllm_model::kernels::set_autocast_bf16(b.dtype == crate::model::WeightDtype::Bf16);
-    let mut trainer = Trainer::new(&cfg, weights, settings)?;
+    let _checkpointing =
+        scratchllm_model::recompute::Checkpointing::blocks(b.checkpoint_activations);
+    let mut trainer = match &lora {
+        Some(spec) => Trainer::partly_frozen(
+            &cfg,
+            weights,
+            Some(spec),
+            &scratchllm_model::lora::is_adapter,
+            settings,
+        )?,
+        None => Trainer::new(&cfg, weights, settings)?,
+    };
     let idx: Vec<usize> = (0..b.batch.min(windows.len())).collect();
     let batch = scratchllm_train::batch_tensors(&windows, &idx, trainer.device())?;
+    let before = memory::resident_mb();
+    memory::reset_peak();
     let mut times = Vec::new();
     for s in 0..b.steps.max(2) {
         let t = Instant::now();
@@ -370,12 +406,33 @@ fn train(b: TrainBench) -> Result<()> {
         times.push(t.elapsed().as_secs_f64());
         outln!("step {s} loss {:.4} {:.3}s", r.train_loss, times[s])?;
     }
+    // What a step holds beside the weights: the gradients and AdamW's two moments of the trained
+    // weights (f32), the logits and their gradient, and the activations kept for the backward
+    // (with temporaries: the rest of the peak).
+    let mb = |bytes: usize| bytes as f64 / 1e6;
+    let trained = trainer.trainable_params() * 4;
+    outln!(
+        "memory: weights {:.1} MB; trained {:.1} MB: gradients {:.1} MB, AdamW moments {:.1} MB",
+        mb(weight_bytes),
+        mb(trained),
+        mb(trained),
+        mb(2 * trained),
+    )?;
+    if let (Some(before), Some(peak)) = (before, memory::peak_mb()) {
+        outln!("peak RSS {peak:.1} MB ({before:.1} MB before the first step)")?;
+        outln!("RESULT peak_rss_mb {peak:.1}")?;
+    }
     let mut rest = times[1..].to_vec();
     rest.sort_by(f64::total_cmp);
     let median = rest[rest.len() / 2];
     let tokens_per_s = (idx.len() * b.ctx) as f64 / median;
     // Model FLOPs utilization against the peak of the instructions the products use, measured now.
-    let flops = cfg.train_flops_per_token(b.ctx);
+    // LoRA computes no weight gradients of the frozen matrices: forward and input gradients only
+    // (2 of the 3 forwards' worth; the adapters' own products are left out).
+    let flops = match lora {
+        Some(_) => cfg.train_flops_per_token(b.ctx) * 2.0 / 3.0,
+        None => cfg.train_flops_per_token(b.ctx),
+    };
     let achieved = flops * tokens_per_s / 1e9;
     let peak = match (b.dtype, bf16_peak) {
         (crate::model::WeightDtype::Bf16, Some(p)) => p,
@@ -392,4 +449,34 @@ fn train(b: TrainBench) -> Result<()> {
     outln!("RESULT mfu {:.4}", achieved / peak.gflops)?;
     outln!("RESULT tokens_per_s {tokens_per_s:.1}")?;
     Ok(())
+}
+
+/// The resident memory of this process (Linux; `None` elsewhere).
+mod memory {
+    fn status_mb(field: &str) -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let kb: f64 = line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1e3)
+    }
+
+    /// Resident now, MB.
+    pub fn resident_mb() -> Option<f64> {
+        status_mb("VmRSS:")
+    }
+
+    /// The most resident since the start or the last [`reset_peak`], MB.
+    pub fn peak_mb() -> Option<f64> {
+        status_mb("VmHWM:")
+    }
+
+    /// Starts the peak again from the current resident memory (Linux's `clear_refs` 5).
+    pub fn reset_peak() {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
 }

@@ -115,6 +115,11 @@ pub struct RunArgs {
     /// as PyTorch's bf16 autocast; fastest on CPUs with AVX512-BF16).
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub dtype: WeightDtype,
+    /// Keep only each block's input during the forward and run the block again in the backward:
+    /// activation memory of one block instead of all, for about a third more compute. The
+    /// gradients are the same.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
 }
 
 impl RunArgs {
@@ -125,6 +130,7 @@ impl RunArgs {
             checkpoint_every: self.checkpoint_every,
             keep_checkpoints: self.keep_checkpoints,
             bf16: self.dtype == WeightDtype::Bf16,
+            checkpoint_activations: self.checkpoint_activations,
         };
         cfg.validate()?;
         Ok(cfg)

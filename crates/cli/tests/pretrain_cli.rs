@@ -1,6 +1,7 @@
 //! `scratchllm pretrain` runs the configuration of the PyTorch trace and gets its losses; a stop
 //! and `--resume` continue it.
 use scratchllm_testutil::{shared, shared_json};
+use std::path::Path;
 use std::process::Command;
 
 fn losses(run: &std::path::Path) -> Vec<f64> {
@@ -25,40 +26,10 @@ fn the_cli_reproduces_the_chapter5_trace_and_resumes() {
     ) else {
         return;
     };
-    let want: Vec<f64> = trace["chapter5"]["train_loss_per_step"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let want = trace_losses(&trace);
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let base = |max_steps: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_scratchllm"));
-        c.arg("pretrain")
-            .arg("--data")
-            .arg(&text)
-            .arg("--out")
-            .arg(&run);
-        c.arg("--model-config")
-            .arg(dir.join("trace.json"))
-            .arg("--init")
-            .arg(dir.join("init.safetensors"));
-        c.args([
-            "--batch-size",
-            "4",
-            "--epochs",
-            "1",
-            "--no-shuffle",
-            "--eval-every",
-            "0",
-            "--sample-prompt",
-            "",
-            "--max-steps",
-            max_steps,
-        ]);
-        c
-    };
+    let base = |max_steps: &str| trace_run(&text, &dir, &run, max_steps);
     // First 10 steps, then the rest with --resume (max-steps comes from the saved configuration).
     let out = base("10").output().unwrap();
     assert!(
@@ -116,6 +87,82 @@ fn the_cli_reproduces_the_chapter5_trace_and_resumes() {
         "{}",
         String::from_utf8_lossy(&gen.stderr)
     );
+}
+
+/// `pretrain` with the PyTorch trace's configuration and initial weights, into `run`.
+fn trace_run(text: &Path, dir: &Path, run: &Path, max_steps: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_scratchllm"));
+    c.arg("pretrain")
+        .arg("--data")
+        .arg(text)
+        .arg("--out")
+        .arg(run);
+    c.arg("--model-config")
+        .arg(dir.join("trace.json"))
+        .arg("--init")
+        .arg(dir.join("init.safetensors"));
+    c.args([
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--no-shuffle",
+        "--eval-every",
+        "0",
+        "--sample-prompt",
+        "",
+        "--max-steps",
+        max_steps,
+    ]);
+    c
+}
+
+/// Trace losses of the chapter 5 run (PyTorch's, per step).
+fn trace_losses(trace: &serde_json::Value) -> Vec<f64> {
+    trace["chapter5"]["train_loss_per_step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn checkpointed_activations_give_the_same_trace() {
+    let (Some(trace), Some(dir), Some(text)) = (
+        shared_json("fixtures/train-trace/trace.json"),
+        shared("fixtures/train-trace"),
+        shared("data/the-verdict.txt"),
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, checkpointed) = (tmp.path().join("plain"), tmp.path().join("checkpointed"));
+    for (run, flag) in [
+        (&plain, None),
+        (&checkpointed, Some("--checkpoint-activations")),
+    ] {
+        let out = trace_run(&text, &dir, run, "6")
+            .args(flag)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpointed.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["checkpoint_activations"], true, "{saved}");
+    // Recomputing the blocks changes nothing: the losses are the plain run's, bit for bit, and
+    // PyTorch's.
+    let got = losses(&checkpointed);
+    assert_eq!(got, losses(&plain));
+    for (i, (g, w)) in got.iter().zip(trace_losses(&trace)).enumerate() {
+        assert!((g - w).abs() <= 1e-3 * w, "step {i}: {g} vs PyTorch {w}");
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@
 //! Gemma's norm weights are stored as published (the scale is 1 + w).
 use crate::config::{Arch, GptConfig, RopeScaling};
 use crate::error::Result;
-use crate::gpt::{dropout, linear, residual, DropoutRng, Kv, KvCache, Lin};
+use crate::gpt::{dropout, dropout_mask, linear, residual, DropoutRng, Kv, KvCache, Lin};
 use crate::lora::LoraSpec;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
@@ -249,6 +249,12 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, _, t, _) = q.dims4()?;
         let (nh, nkv, hs) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        if cache.is_none() && offset == 0 {
+            let v = v.reshape((b, t, nkv, hs))?.transpose(1, 2)?; // (B, nkv, T, hs)
+            let mask = dropout_mask(self.drop_rate, train);
+            let y = crate::kernels::causal_attention(&q, &k, &v, self.scale, self.window, mask)?;
+            return Ok(y);
+        }
         // Attention compares positions only: with a cache whose rows start at position `start`
         // (a sliding layer forgets what it can no longer see), it runs on buffer rows.
         let (k, v, tk) = match cache {

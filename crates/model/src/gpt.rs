@@ -38,6 +38,19 @@ impl DropoutRng {
         }
     }
 
+    /// (seed, masks drawn): where [`DropoutRng::at`] starts again.
+    pub(crate) fn state(&self) -> (u64, u64) {
+        (self.seed, self.calls.get())
+    }
+
+    /// A generator that draws the masks this one drew from `state` on.
+    pub(crate) fn at((seed, calls): (u64, u64)) -> Self {
+        DropoutRng {
+            seed,
+            calls: std::cell::Cell::new(calls),
+        }
+    }
+
     /// The next mask, dropping with probability `p` (see [`crate::kernels::Mask`]).
     fn next(&self, p: f32) -> crate::kernels::Mask {
         let k = self.calls.get();
@@ -48,10 +61,15 @@ impl DropoutRng {
 
 /// Dropout, active only when a generator is given (training mode).
 pub(crate) fn dropout(x: &Tensor, p: f32, rng: Option<&DropoutRng>) -> Result<Tensor> {
-    match rng {
-        Some(rng) if p > 0.0 => Ok(crate::kernels::dropout(x, rng.next(p))?),
-        _ => Ok(x.clone()),
+    match dropout_mask(p, rng) {
+        Some(mask) => Ok(crate::kernels::dropout(x, mask)?),
+        None => Ok(x.clone()),
     }
+}
+
+/// The next dropout mask when training with `p > 0`.
+pub(crate) fn dropout_mask(p: f32, rng: Option<&DropoutRng>) -> Option<crate::kernels::Mask> {
+    rng.filter(|_| p > 0.0).map(|rng| rng.next(p))
 }
 
 /// The residual connection `x + dropout(h)`.
@@ -148,7 +166,7 @@ fn dense(x2: &Tensor, l: &Linear) -> Result<Tensor> {
     let y = if crate::kernels::autocast_bf16() {
         crate::kernels::matmul_bf16(x2, &w.t()?)?
     } else {
-        x2.matmul(&w.t()?)?
+        crate::kernels::matmul(x2, &w.t()?)? // no gradient for a frozen weight
     };
     Ok(match l.bias() {
         Some(b) => crate::kernels::add_bias(&y, b)?,
@@ -351,6 +369,15 @@ impl MultiHeadAttention {
     ) -> Result<Tensor> {
         let (b, t, c) = q.dims3()?;
         let (nh, hs) = (self.n_heads, c / self.n_heads);
+        let scale = 1.0 / (hs as f64).sqrt();
+        if cache.is_none() && offset == 0 {
+            let heads = |y: &Tensor| y.reshape((b, t, nh, hs))?.transpose(1, 2); // (B, nh, T, hs)
+            let mask = dropout_mask(self.drop_rate, train);
+            let (q, k, v) = (heads(&q)?, heads(&k)?, heads(&v)?);
+            return Ok(crate::kernels::causal_attention(
+                &q, &k, &v, scale, None, mask,
+            )?);
+        }
         let mut tk = t;
         if let Some((cache, layer)) = cache {
             let (kb, vb, _) = cache.append(layer, &k, &v)?; // (B, capacity, C); no window
@@ -367,7 +394,7 @@ impl MultiHeadAttention {
         };
         let (q, k, v) = (heads(&q, t)?, heads(&k, tk)?, heads(&v, tk)?);
         let scores = q.matmul(&k.t()?)?; // (B, nh, T, Tk)
-        let weights = crate::kernels::causal_softmax(&scores, 1.0 / (hs as f64).sqrt(), offset)?;
+        let weights = crate::kernels::causal_softmax(&scores, scale, offset)?;
         let weights = dropout(&weights, self.drop_rate, train)?;
         let y = weights.matmul(&v)?; // (B, nh, T, hs)
         Ok(y.transpose(1, 2)?.reshape((b, t, c))?) // (B, T, C)
@@ -561,6 +588,29 @@ impl Gpt {
         self.hidden_impl(idx, None, train)
     }
 
+    /// Mean cross-entropy of the next-token logits of `idx` (B, T) against `targets` (B * T,
+    /// `ignore_index` skipped): without the (B * T, V) logits when the head is a plain f32 matrix
+    /// ([`crate::kernels::linear_cross_entropy`]), through them otherwise.
+    pub fn lm_loss(
+        &self,
+        idx: &Tensor,
+        targets: &[i64],
+        ignore_index: i64,
+        train: Option<&DropoutRng>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(idx, train)?.flatten_to(1)?; // (B*T, C)
+        let loss = match &self.out_head {
+            Lin {
+                base: Base::Dense(l),
+                lora: None,
+            } if l.bias().is_none() && l.weight().dtype() == h.dtype() => {
+                crate::kernels::linear_cross_entropy(&h, l.weight(), targets, ignore_index)?
+            }
+            head => crate::kernels::cross_entropy(&head.forward(&h)?, targets, ignore_index)?,
+        };
+        Ok(loss)
+    }
+
     /// The output head: (.., C) hidden states to (.., V) logits (or class logits).
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.out_head.forward(hidden)
@@ -663,15 +713,34 @@ impl Gpt {
         }
         let mut x = dropout(&x, self.cfg.drop_rate, train)?;
         match &self.blocks {
+            // Training forwards (no cache) may checkpoint their blocks.
+            Blocks::Gpt2(blocks) if matches!(kv, Kv::None) => {
+                for block in blocks {
+                    let block = block.clone();
+                    let f = move |x: &Tensor, tr: Option<&DropoutRng>| {
+                        block.forward(x, Kv::None, offset, tr)
+                    };
+                    x = crate::recompute::block(&x, train, Box::new(f))?;
+                }
+            }
             Blocks::Gpt2(blocks) => {
                 for (i, block) in blocks.iter().enumerate() {
                     x = block.forward(&x, kv.reborrow(i), offset, train)?;
                 }
             }
             Blocks::Decoder(blocks, rope) => {
-                let pos = rope.positions(offset, positions, idx.device())?;
+                let pos = std::sync::Arc::new(rope.positions(offset, positions, idx.device())?);
+                let no_cache = matches!(kv, Kv::None);
                 for (i, block) in blocks.iter().enumerate() {
-                    x = block.forward(&x, &pos, kv.reborrow(i), train)?;
+                    if !no_cache {
+                        x = block.forward(&x, &pos, kv.reborrow(i), train)?;
+                        continue;
+                    }
+                    let (block, pos) = (block.clone(), pos.clone());
+                    let f = move |x: &Tensor, tr: Option<&DropoutRng>| {
+                        block.forward(x, &pos, Kv::None, tr)
+                    };
+                    x = crate::recompute::block(&x, train, Box::new(f))?;
                 }
             }
         }

@@ -17,6 +17,7 @@ pub mod modeldir;
 pub mod prompt;
 pub mod quant;
 mod quantized;
+pub mod recompute;
 pub mod stop;
 pub mod tf;
 pub mod weights;

@@ -396,6 +396,8 @@ pub fn finetune_classify(
     let started = std::time::Instant::now();
     let cfg: ClassifyConfig = crate::rundir::open(run_dir, new)?;
     let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
+    let _checkpointing =
+        scratchllm_model::recompute::Checkpointing::blocks(cfg.run.checkpoint_activations);
     let device = Device::Cpu;
     let seed = cfg.optim.seed;
     let (base_cfg, base, tok) = cfg.tune.start(seed, &device)?;

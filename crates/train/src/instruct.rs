@@ -298,8 +298,7 @@ impl Instructing<'_> {
         let (x, y) = collate(&items, self.pad, self.cfg.mask_prompt, Some(limit));
         let t = x[0].len();
         let x = Tensor::from_vec(x.concat(), (items.len(), t), model.device())?; // (B, T)
-        let logits = model.forward(&x, train)?.flatten_to(1)?; // (B*T, V)
-        Ok(cross_entropy(&logits, &y.concat(), IGNORE_INDEX)?)
+        model.lm_loss(&x, &y.concat(), IGNORE_INDEX, train)
     }
 }
 
@@ -398,6 +397,8 @@ pub fn finetune_instruct(
     let started = std::time::Instant::now();
     let cfg: InstructConfig = crate::rundir::open(run_dir, new)?;
     let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
+    let _checkpointing =
+        scratchllm_model::recompute::Checkpointing::blocks(cfg.run.checkpoint_activations);
     let device = Device::Cpu;
     let seed = cfg.optim.seed;
     let (base_cfg, base, tok) = cfg.tune.start(seed, &device)?;

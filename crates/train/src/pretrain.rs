@@ -319,6 +319,8 @@ pub fn pretrain(
         None => windows(&cfg, &read_corpus(&cfg.data, &tok)?, &tok)?,
     };
     let _autocast = scratchllm_model::kernels::Autocast::bf16(cfg.run.bf16);
+    let _checkpointing =
+        scratchllm_model::recompute::Checkpointing::blocks(cfg.run.checkpoint_activations);
     let settings = cfg.optim.settings(train.len(), cfg.shuffle);
     let mut trainer = Trainer::new(&cfg.model, init, settings)?;
     let mut task = Pretraining {

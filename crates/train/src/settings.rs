@@ -184,6 +184,9 @@ pub struct RunConfig {
     /// bf16 autocast.
     #[serde(default)]
     pub bf16: bool,
+    /// Keep only each block's input in the forward and recompute the block in the backward.
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 impl RunConfig {
@@ -196,6 +199,7 @@ impl RunConfig {
             checkpoint_every,
             keep_checkpoints: 2,
             bf16: false,
+            checkpoint_activations: false,
         }
     }
 

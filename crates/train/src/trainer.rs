@@ -108,18 +108,13 @@ pub type MicroLoss<'a> = dyn FnMut(&Gpt, usize, &DropoutRng) -> Result<(Tensor, 
 
 /// The mean cross-entropy of next-token predictions `y` for inputs `x`.
 pub fn lm_loss(model: &Gpt, x: &Tensor, y: &Tensor, train: Option<&DropoutRng>) -> Result<Tensor> {
-    let logits = model.forward(x, train)?.flatten_to(1)?; // (B*T, V)
     let targets: Vec<i64> = y
         .flatten_all()?
         .to_vec1::<u32>()?
         .into_iter()
         .map(i64::from)
         .collect();
-    Ok(crate::loss::cross_entropy(
-        &logits,
-        &targets,
-        crate::loss::IGNORE_INDEX,
-    )?)
+    model.lm_loss(x, &targets, crate::loss::IGNORE_INDEX, train)
 }
 
 impl Trainer {
@@ -206,8 +201,10 @@ impl Trainer {
             let loss = (loss / n)?;
             total_loss += loss.to_scalar::<f32>()? as f64;
             let mut store = loss.backward()?;
+            scratchllm_model::recompute::merge_grads(&mut store)?;
             for (slot, p) in grads.iter_mut().zip(&self.opt.params) {
-                if let Some(g) = store.remove(p.var.as_tensor()) {
+                // Detached: a gradient keeps the op that made it, and with it the graph.
+                if let Some(g) = store.remove(p.var.as_tensor()).map(|g| g.detach()) {
                     *slot = Some(match slot.take() {
                         Some(acc) => (acc + g)?,
                         None => g,

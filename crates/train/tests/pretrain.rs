@@ -87,6 +87,7 @@ fn config(data: PathBuf) -> PretrainConfig {
             checkpoint_every: 5,
             keep_checkpoints: 2,
             bf16: false,
+            checkpoint_activations: false,
         },
     }
 }

@@ -81,6 +81,7 @@ fn loop_settings(eval_every: usize) -> RunConfig {
         checkpoint_every: 3,
         keep_checkpoints: 2,
         bf16: false,
+        checkpoint_activations: false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! (max, then the sum of exponentials) and keeps only one log-sum-exp per row; the backward writes
 //! the gradient `coef * (softmax - onehot)` in one pass. No log-probabilities tensor is ever made.
 use super::{max_of, multiversion, par_for, par_split, reference, slice, sum_by, use_fused, Out};
-use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// Mean cross-entropy of logits (N, V) against `targets` (N), skipping `ignore_index` (PyTorch's
@@ -10,28 +10,175 @@ use std::sync::{Arc, Mutex};
 /// for f32.
 pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: i64) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
+    let classes = checked_targets(n, v, targets, ignore_index)?;
+    if !use_fused(logits) {
+        return reference::cross_entropy(logits, targets, ignore_index);
+    }
+    let op = CrossEntropy {
+        targets: Arc::new(classes),
+        v,
+        lse: Mutex::new(Vec::new()),
+    };
+    logits.contiguous()?.apply_op1(op)
+}
+
+/// Per row the target class, or `None` when ignored; refuses a wrong count or a class outside
+/// `0..v`.
+fn checked_targets(n: usize, v: usize, targets: &[i64], ignore: i64) -> Result<Vec<Option<usize>>> {
     if targets.len() != n {
         bail!("{} targets for {n} rows of logits", targets.len());
     }
     if let Some(bad) = targets
         .iter()
-        .find(|&&t| t != ignore_index && !(0..v as i64).contains(&t))
+        .find(|&&t| t != ignore && !(0..v as i64).contains(&t))
     {
         bail!("target {bad} is outside the vocabulary of {v}");
     }
-    if !use_fused(logits) {
-        return reference::cross_entropy(logits, targets, ignore_index);
-    }
-    let targets = targets
+    Ok(targets
         .iter()
-        .map(|&t| (t != ignore_index).then_some(t as usize))
-        .collect();
-    let op = CrossEntropy {
-        targets: Arc::new(targets),
-        v,
-        lse: Mutex::new(Vec::new()),
+        .map(|&t| (t != ignore).then_some(t as usize))
+        .collect())
+}
+
+/// Rows of logits [`linear_cross_entropy`] holds at once.
+const CHUNK: usize = 256;
+
+/// [`cross_entropy`] of the logits `h W^T` of hidden states `h` (N, C) and an output head `W`
+/// (V, C), without ever holding the (N, V) logits (Wijmans et al. 2024, "Cut Your Losses in
+/// Large-Vocabulary Language Models", done chunk-wise): [`CHUNK`] rows at a time, the forward keeps
+/// a log-sum-exp per row, the backward computes each chunk's logits again and turns them into
+/// their gradient at once. The products are the head's own (bf16 under autocast); `W` gets a
+/// gradient only when it trains.
+pub fn linear_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[i64],
+    ignore_index: i64,
+) -> Result<Tensor> {
+    let ((n, c), (v, wc)) = (h.dims2()?, w.dims2()?);
+    if c != wc {
+        bail!(
+            "output head: hidden states {:?}, weight {:?}",
+            h.dims(),
+            w.dims()
+        );
+    }
+    let classes = checked_targets(n, v, targets, ignore_index)?;
+    let bf16 = super::autocast_bf16();
+    if !(use_fused(h) && use_fused(w)) {
+        return cross_entropy(&head_product(bf16, h, &w.t()?)?, targets, ignore_index);
+    }
+    let (hd, wt) = (h.detach(), w.detach().t()?);
+    let mut lse = vec![0.0f32; n];
+    let mut sum = 0.0f64;
+    for r0 in (0..n).step_by(CHUNK) {
+        let rows = CHUNK.min(n - r0);
+        let logits = head_product(bf16, &hd.narrow(0, r0, rows)?, &wt)?;
+        let (guard, layout) = logits.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*guard else {
+            bail!("output head: logits not on the CPU")
+        };
+        let x = slice(storage, layout, "logits")?;
+        let out = Out::new(&mut lse[r0..r0 + rows]);
+        let partials = par_split(rows, |r| {
+            // SAFETY: each thread writes its own rows.
+            let lse = unsafe { out.range(r.clone()) };
+            let mut sum = 0.0f64;
+            for (k, row) in r.enumerate() {
+                let x = &x[row * v..(row + 1) * v];
+                lse[k] = log_sum_exp(x);
+                if let Some(t) = classes[r0 + row] {
+                    sum += f64::from(lse[k] - x[t]);
+                }
+            }
+            sum
+        });
+        sum += partials.iter().sum::<f64>();
+    }
+    let count = classes.iter().flatten().count();
+    let op = LinearCrossEntropy {
+        targets: classes,
+        lse,
+        loss: (sum / count as f64) as f32,
+        count,
+        bf16,
     };
-    logits.contiguous()?.apply_op1(op)
+    h.apply_op2(w, op)
+}
+
+/// `a b` as the output head multiplies: in bf16 under autocast.
+fn head_product(bf16: bool, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if bf16 {
+        super::matmul_bf16(a, b)
+    } else {
+        a.matmul(b)
+    }
+}
+
+struct LinearCrossEntropy {
+    targets: Vec<Option<usize>>,
+    lse: Vec<f32>,
+    loss: f32,
+    count: usize,
+    bf16: bool,
+}
+
+impl CustomOp2 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        // Computed chunk by chunk before the op was made.
+        Ok((CpuStorage::F32(vec![self.loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        _loss: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let coef = g / self.count as f32;
+        let (hd, wd) = (h.detach(), w.detach());
+        let (n, v) = (self.targets.len(), w.dim(0)?);
+        let (mut dh, mut dw) = (Vec::new(), None);
+        for r0 in (0..n).step_by(CHUNK) {
+            let rows = CHUNK.min(n - r0);
+            let hc = hd.narrow(0, r0, rows)?;
+            let logits = head_product(self.bf16, &hc, &wd.t()?)?;
+            let op = CrossEntropyBackward {
+                targets: Arc::new(self.targets[r0..r0 + rows].to_vec()),
+                v,
+                lse: self.lse[r0..r0 + rows].to_vec(),
+                coef,
+            };
+            let dl = logits.apply_op1_no_bwd(&op)?; // (rows, V)
+            if h.track_op() {
+                dh.push(head_product(self.bf16, &dl, &wd)?);
+            }
+            if w.track_op() {
+                let d = head_product(self.bf16, &dl.t()?, &hc)?; // (V, C)
+                dw = Some(match dw {
+                    Some(acc) => (acc + d)?,
+                    None => d,
+                });
+            }
+        }
+        let dh = match dh.is_empty() {
+            true => None,
+            false => Some(Tensor::cat(&dh, 0)?),
+        };
+        Ok((dh, dw))
+    }
 }
 
 struct CrossEntropy {
@@ -190,5 +337,49 @@ mod tests {
         let x = logits.as_tensor();
         assert_eq!(x.to_dtype(DType::F64).unwrap().dims(), [5, 11]);
         check_grad(loss, x, grads.get(x).unwrap(), 1e-4, 55, 1e-4);
+    }
+
+    #[test]
+    fn chunked_head_cross_entropy_agrees_with_the_logits_path() {
+        // Rows across chunk edges, ignored targets, a trained and a frozen head, bf16 autocast.
+        let (n, c, v) = (CHUNK + 37, 24, 301);
+        let targets: Vec<i64> = (0..n as i64)
+            .map(|i| {
+                if i % 7 == 3 {
+                    IGNORE
+                } else {
+                    i * 31 % v as i64
+                }
+            })
+            .collect();
+        for (bf16, trained) in [(false, true), (false, false), (true, true)] {
+            let _autocast = crate::kernels::Autocast::bf16(bf16);
+            let h = Var::from_tensor(&tensor(&[n, c], 1, 1.0)).unwrap();
+            let w = tensor(&[v, c], 2, 1.0);
+            let w = if trained {
+                Var::from_tensor(&w).unwrap().as_tensor().clone()
+            } else {
+                w
+            };
+            let fused = linear_cross_entropy(&h, &w, &targets, IGNORE).unwrap();
+            let logits = head_product(bf16, &h, &w.t().unwrap()).unwrap();
+            let plain = cross_entropy(&logits, &targets, IGNORE).unwrap();
+            let (a, b) = (
+                fused.to_scalar::<f32>().unwrap(),
+                plain.to_scalar::<f32>().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-5, "{bf16} {trained}: {a} {b}");
+            let (gf, gp) = (fused.backward().unwrap(), plain.backward().unwrap());
+            let dh = |g: &candle_core::backprop::GradStore| g.get(h.as_tensor()).unwrap().clone();
+            let tol = if bf16 { 1e-4 } else { 1e-6 };
+            assert!(max_abs_diff(&dh(&gf), &dh(&gp)) < tol, "{bf16} {trained}");
+            match trained {
+                true => {
+                    let (x, y) = (gf.get(&w).unwrap(), gp.get(&w).unwrap());
+                    assert!(max_abs_diff(x, y) < tol, "{bf16}: {}", max_abs_diff(x, y));
+                }
+                false => assert!(gf.get(&w).is_none()),
+            }
+        }
     }
 }

@@ -331,23 +331,24 @@ impl CustomOp2 for MatmulBf16 {
         _c: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let ga = g.apply_op2_no_bwd(
-            &b.t()?,
-            &MatmulBf16 {
+        // An operand that carries no gradient (a frozen weight) gets none computed.
+        let ga = a.track_op().then(|| {
+            let op = MatmulBf16 {
                 m: self.m,
                 n: self.k,
                 k: self.n,
-            },
-        )?;
-        let gb = a.t()?.apply_op2_no_bwd(
-            g,
-            &MatmulBf16 {
+            };
+            g.apply_op2_no_bwd(&b.t()?, &op)
+        });
+        let gb = b.track_op().then(|| {
+            let op = MatmulBf16 {
                 m: self.k,
                 n: self.n,
                 k: self.m,
-            },
-        )?;
-        Ok((Some(ga), Some(gb)))
+            };
+            a.t()?.apply_op2_no_bwd(g, &op)
+        });
+        Ok((ga.transpose()?, gb.transpose()?))
     }
 }
 

@@ -119,3 +119,33 @@ pub fn cross_entropy(logits: &Tensor, targets: &[i64], ignore_index: i64) -> Res
     let masked = (picked * Tensor::from_vec(mask, n, logits.device())?)?;
     masked.sum_all()?.neg()? / count as f64
 }
+
+/// `softmax(q k^T * scale)` under the causal mask (and the sliding window `i - j < w`), dropped out
+/// with `dropout`, times `v`, for q (B, nh, T, hs) and k, v (B, nkv, T, hs), each key/value head
+/// repeated for its nh / nkv query heads as Hugging Face's `repeat_kv`: (B, T, nh * hs).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    window: Option<usize>,
+    dropout: Option<super::Mask>,
+) -> Result<Tensor> {
+    let (b, nh, t, hs) = q.dims4()?;
+    let nkv = k.dim(1)?;
+    let repeat = |y: &Tensor| -> Result<Tensor> {
+        if nh == nkv {
+            return y.contiguous();
+        }
+        y.unsqueeze(2)?
+            .broadcast_as((b, nkv, nh / nkv, t, hs))?
+            .reshape((b, nh, t, hs))
+    };
+    let scores = q.contiguous()?.matmul(&repeat(k)?.t()?)?; // (B, nh, T, T)
+    let mut weights = causal_softmax_window(&scores, scale, 0, window)?;
+    if let Some(mask) = dropout {
+        weights = (&weights * mask.tensor(&weights)?)?;
+    }
+    let y = weights.matmul(&repeat(v)?)?; // (B, nh, T, hs)
+    y.transpose(1, 2)?.reshape((b, t, nh * hs))
+}
