@@ -1,7 +1,7 @@
 //! `scratchllm pretrain` runs the configuration of the PyTorch trace and gets its losses; a stop
 //! and `--resume` continue it.
 use scratchllm_testutil::{shared, shared_json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn losses(run: &std::path::Path) -> Vec<f64> {
@@ -19,11 +19,7 @@ fn losses(run: &std::path::Path) -> Vec<f64> {
 
 #[test]
 fn the_cli_reproduces_the_chapter5_trace_and_resumes() {
-    let (Some(trace), Some(dir), Some(text)) = (
-        shared_json("fixtures/train-trace/trace.json"),
-        shared("fixtures/train-trace"),
-        shared("data/the-verdict.txt"),
-    ) else {
+    let Some((trace, dir, text)) = trace_fixtures() else {
         return;
     };
     let want = trace_losses(&trace);
@@ -117,6 +113,15 @@ fn trace_run(text: &Path, dir: &Path, run: &Path, max_steps: &str) -> Command {
     c
 }
 
+/// The PyTorch trace, its directory and The Verdict (`None` without `../shared`).
+fn trace_fixtures() -> Option<(serde_json::Value, PathBuf, PathBuf)> {
+    Some((
+        shared_json("fixtures/train-trace/trace.json")?,
+        shared("fixtures/train-trace")?,
+        shared("data/the-verdict.txt")?,
+    ))
+}
+
 /// Trace losses of the chapter 5 run (PyTorch's, per step).
 fn trace_losses(trace: &serde_json::Value) -> Vec<f64> {
     trace["chapter5"]["train_loss_per_step"]
@@ -129,11 +134,7 @@ fn trace_losses(trace: &serde_json::Value) -> Vec<f64> {
 
 #[test]
 fn checkpointed_activations_give_the_same_trace() {
-    let (Some(trace), Some(dir), Some(text)) = (
-        shared_json("fixtures/train-trace/trace.json"),
-        shared("fixtures/train-trace"),
-        shared("data/the-verdict.txt"),
-    ) else {
+    let Some((trace, dir, text)) = trace_fixtures() else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

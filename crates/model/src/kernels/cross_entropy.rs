@@ -79,21 +79,8 @@ pub fn linear_cross_entropy(
             bail!("output head: logits not on the CPU")
         };
         let x = slice(storage, layout, "logits")?;
-        let out = Out::new(&mut lse[r0..r0 + rows]);
-        let partials = par_split(rows, |r| {
-            // SAFETY: each thread writes its own rows.
-            let lse = unsafe { out.range(r.clone()) };
-            let mut sum = 0.0f64;
-            for (k, row) in r.enumerate() {
-                let x = &x[row * v..(row + 1) * v];
-                lse[k] = log_sum_exp(x);
-                if let Some(t) = classes[r0 + row] {
-                    sum += f64::from(lse[k] - x[t]);
-                }
-            }
-            sum
-        });
-        sum += partials.iter().sum::<f64>();
+        let range = r0..r0 + rows;
+        sum += row_losses(x, v, &classes[range.clone()], &mut lse[range]);
     }
     let count = classes.iter().flatten().count();
     let op = LinearCrossEntropy {
@@ -202,6 +189,26 @@ multiversion! {
     }
 }
 
+/// For each row of logits `x` (rows of `v`), its log-sum-exp into `lse`; gives the sum of the
+/// losses of the rows with a target (threads over rows, partial sums in thread order).
+fn row_losses(x: &[f32], v: usize, targets: &[Option<usize>], lse: &mut [f32]) -> f64 {
+    let out = Out::new(lse);
+    let partials = par_split(targets.len(), |r| {
+        // SAFETY: each thread writes its own rows.
+        let lse = unsafe { out.range(r.clone()) };
+        let mut sum = 0.0f64;
+        for (k, row) in r.enumerate() {
+            let x = &x[row * v..(row + 1) * v];
+            lse[k] = log_sum_exp(x);
+            if let Some(t) = targets[row] {
+                sum += f64::from(lse[k] - x[t]);
+            }
+        }
+        sum
+    });
+    partials.iter().sum()
+}
+
 multiversion! {
     fn grad_row(x: &[f32], lse: f32, coef: f32, dx: &mut [f32]) {
         for (d, &v) in dx.iter_mut().zip(x) {
@@ -220,21 +227,7 @@ impl CustomOp1 for CrossEntropy {
         let v = self.v;
         let rows = self.targets.len();
         let mut lse = vec![0.0f32; rows];
-        let out = Out::new(&mut lse);
-        let partials = par_split(rows, |r| {
-            // SAFETY: each thread writes its own rows.
-            let lse = unsafe { out.range(r.clone()) };
-            let mut sum = 0.0f64;
-            for (k, row) in r.enumerate() {
-                let x = &x[row * v..(row + 1) * v];
-                lse[k] = log_sum_exp(x);
-                if let Some(t) = self.targets[row] {
-                    sum += f64::from(lse[k] - x[t]);
-                }
-            }
-            sum
-        });
-        let loss = partials.iter().sum::<f64>() / self.count() as f64;
+        let loss = row_losses(x, v, &self.targets, &mut lse) / self.count() as f64;
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = lse;
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
